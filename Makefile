@@ -1,0 +1,39 @@
+# harikube: one static binary, built without cgo (SQLite is modernc.org/sqlite).
+SHELL := /bin/bash
+GO ?= go
+BIN ?= bin/harikube
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+K8S_VERSION := $(shell $(GO) list -m -f '{{.Version}}' k8s.io/kubernetes)
+K8S_MAJOR := $(word 1,$(subst ., ,$(patsubst v%,%,$(K8S_VERSION))))
+K8S_MINOR := $(word 2,$(subst ., ,$(patsubst v%,%,$(K8S_VERSION))))
+BUILD_DATE := $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+VERSION_PKG := k8s.io/component-base/version
+# The upstream /version endpoint reports what these say; vCluster reads it.
+LDFLAGS := -s -w -extldflags -static \
+	-X github.com/harikube/harikube/pkg/version.Version=$(VERSION) \
+	-X $(VERSION_PKG).gitVersion=$(K8S_VERSION) \
+	-X $(VERSION_PKG).gitMajor=$(K8S_MAJOR) \
+	-X $(VERSION_PKG).gitMinor=$(K8S_MINOR) \
+	-X $(VERSION_PKG).gitTreeState=clean \
+	-X $(VERSION_PKG).buildDate=$(BUILD_DATE) \
+	-X k8s.io/client-go/pkg/version.gitVersion=$(K8S_VERSION) \
+	-X k8s.io/client-go/pkg/version.gitMajor=$(K8S_MAJOR) \
+	-X k8s.io/client-go/pkg/version.gitMinor=$(K8S_MINOR)
+export CGO_ENABLED := 0
+
+.PHONY: build run test vet fmt clean
+
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/harikube
+
+run: build
+	$(BIN) server --data-dir $${DATA_DIR:-$$HOME/.harikube}
+
+vet:
+	$(GO) vet ./...
+
+test: build
+	scripts/test
+
+clean:
+	rm -rf bin

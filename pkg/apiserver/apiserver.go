@@ -1,0 +1,101 @@
+// Package apiserver runs the upstream kube-apiserver in-process, from its
+// public option and config types, without its cobra command (whose signal
+// handling and logging setup may only happen once per process).
+package apiserver
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/spf13/pflag"
+	utilerrors "k8s.io/apimachinery/pkg/util/errors"
+	"k8s.io/apiserver/pkg/registry/generic"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/component-base/cli/globalflag"
+	"k8s.io/component-base/logs"
+	"k8s.io/component-base/version/verflag"
+	"k8s.io/kubernetes/cmd/kube-apiserver/app"
+	"k8s.io/kubernetes/cmd/kube-apiserver/app/options"
+)
+
+// StorageWrapper replaces a REST options getter; harikube uses it to put its
+// selector-pushdown storage below the watch cache.
+type StorageWrapper func(generic.RESTOptionsGetter) generic.RESTOptionsGetter
+
+// Server is a kube-apiserver that is built and listening but not serving yet.
+type Server struct {
+	run func(context.Context) error
+}
+
+// FlagSet returns the upstream kube-apiserver flags bound to a fresh options
+// value, for parsing and for help output.
+func FlagSet() (*options.ServerRunOptions, *pflag.FlagSet) {
+	s := options.NewServerRunOptions()
+	fs := pflag.NewFlagSet("kube-apiserver", pflag.ContinueOnError)
+	nfs := s.Flags()
+	verflag.AddFlags(nfs.FlagSet("global"))
+	globalflag.AddGlobalFlags(nfs.FlagSet("global"), "kube-apiserver", logs.SkipLoggingConfigurationFlags())
+	for _, f := range nfs.FlagSets {
+		fs.AddFlagSet(f)
+	}
+	return s, fs
+}
+
+// New parses upstream kube-apiserver flags and builds the server chain
+// (apiextensions, core, aggregator). wrap, when not nil, is applied to the
+// storage of all of them: built-in resources, CRDs, custom resources and
+// APIServices.
+func New(ctx context.Context, args []string, wrap StorageWrapper) (*Server, error) {
+	s, fs := FlagSet()
+	if err := fs.Parse(args); err != nil {
+		return nil, fmt.Errorf("kube-apiserver: %w", err)
+	}
+	if rest := fs.Args(); len(rest) > 0 {
+		return nil, fmt.Errorf("kube-apiserver: takes no arguments, got %q", rest)
+	}
+	// What the upstream command does before running.
+	if err := s.GenericServerRunOptions.ComponentGlobalsRegistry.Set(); err != nil {
+		return nil, fmt.Errorf("kube-apiserver: %w", err)
+	}
+	rest.SetDefaultWarningHandler(rest.NoWarnings{})
+
+	completed, err := s.Complete(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("kube-apiserver: %w", err)
+	}
+	if errs := completed.Validate(); len(errs) != 0 {
+		return nil, fmt.Errorf("kube-apiserver: %w", utilerrors.NewAggregate(errs))
+	}
+	if completed.InformerName, err = cache.NewInformerName("kube-apiserver"); err != nil {
+		return nil, fmt.Errorf("kube-apiserver: %w", err)
+	}
+	cfg, err := app.NewConfig(completed)
+	if err != nil {
+		return nil, fmt.Errorf("kube-apiserver: %w", err)
+	}
+	if wrap != nil {
+		// Nothing reads these getters before CreateServerChain, so replacing
+		// them here reaches every store the chain builds.
+		cfg.KubeAPIs.ControlPlane.Generic.RESTOptionsGetter = wrap(cfg.KubeAPIs.ControlPlane.Generic.RESTOptionsGetter)
+		cfg.ApiExtensions.GenericConfig.RESTOptionsGetter = wrap(cfg.ApiExtensions.GenericConfig.RESTOptionsGetter)
+		cfg.ApiExtensions.ExtraConfig.CRDRESTOptionsGetter = wrap(cfg.ApiExtensions.ExtraConfig.CRDRESTOptionsGetter)
+		cfg.Aggregator.GenericConfig.RESTOptionsGetter = wrap(cfg.Aggregator.GenericConfig.RESTOptionsGetter)
+	}
+	cc, err := cfg.Complete()
+	if err != nil {
+		return nil, fmt.Errorf("kube-apiserver: %w", err)
+	}
+	chain, err := app.CreateServerChain(cc)
+	if err != nil {
+		return nil, fmt.Errorf("kube-apiserver: %w", err)
+	}
+	prepared, err := chain.PrepareRun()
+	if err != nil {
+		return nil, fmt.Errorf("kube-apiserver: %w", err)
+	}
+	return &Server{run: prepared.Run}, nil
+}
+
+// Run serves until ctx is done, then shuts down gracefully.
+func (s *Server) Run(ctx context.Context) error { return s.run(ctx) }

@@ -1,0 +1,44 @@
+package cli
+
+import (
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/harikube/harikube/pkg/server"
+)
+
+func newServerCommand() *cobra.Command {
+	cfg := server.Config{ReadyTimeout: 3 * time.Minute}
+	var apiArgs, cmArgs []string
+	var debug bool
+	c := &cobra.Command{
+		Use:   "server",
+		Short: "Run the control plane: datastore, kube-apiserver and kube-controller-manager in one process",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			setupLogging(debug)
+			cfg.APIServerArgs = componentArgs(apiArgs)
+			cfg.ControllerManagerArgs = componentArgs(cmArgs)
+			ctx, cancel := signalContext()
+			defer cancel()
+			return server.Run(ctx, cfg)
+		},
+	}
+	f := c.Flags()
+	f.StringVarP(&cfg.DataDir, "data-dir", "d", defaultDataDir(), "directory for the database, socket, certificates and kubeconfig")
+	f.StringVar(&cfg.BindAddress, "bind-address", "0.0.0.0", "address the kube-apiserver listens on")
+	f.IntVar(&cfg.HTTPSPort, "https-listen-port", 6443, "HTTPS port of the kube-apiserver")
+	f.StringVar(&cfg.DatastoreEndpoint, "datastore-endpoint", "", "Kine datastore DSN (default: SQLite file <data-dir>/db/state.db)")
+	f.StringVarP(&cfg.WriteKubeconfig, "write-kubeconfig", "o", "", "write the admin kubeconfig to this path (default <data-dir>/kubeconfig.yaml)")
+	f.StringVar(&cfg.ServiceCIDR, "service-cidr", "10.43.0.0/16", "IP range for service cluster IPs")
+	f.StringVar(&cfg.ClusterDomain, "cluster-domain", "cluster.local", "cluster domain")
+	f.BoolVar(&cfg.SelectorPushdown, "selector-pushdown", true, "answer label and field selectors in the datastore; false gives upstream behaviour with everything else unchanged")
+	f.BoolVar(&cfg.CacheCustomResources, "watch-cache-custom-resources", false, "keep the apiserver watch cache for custom resources (upstream default); by default they are served from the datastore with pushdown")
+	f.StringArrayVar(&apiArgs, "kube-apiserver-arg", nil, "extra flag for kube-apiserver, as name=value (repeatable)")
+	f.StringArrayVar(&cmArgs, "kube-controller-manager-arg", nil, "extra flag for kube-controller-manager, as name=value (repeatable)")
+	f.BoolVar(&debug, "debug", false, "debug logging")
+	f.BoolVar(&cfg.UnindexedDatastore, "unindexed-datastore", false, "use Kine's stock SQLite driver without indexes (benchmark baseline)")
+	_ = f.MarkHidden("unindexed-datastore")
+	return c
+}

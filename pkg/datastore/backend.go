@@ -1,0 +1,158 @@
+package datastore
+
+import (
+	"context"
+	"sync"
+
+	"github.com/k3s-io/kine/pkg/server"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/harikube/harikube/pkg/index"
+	"github.com/harikube/harikube/pkg/selection"
+)
+
+// backend adds what kine's Backend interface leaves to the caller: watches
+// that carry a selection only receive events whose new or previous value may
+// match, and filtered reads are counted in metrics.
+type backend struct {
+	server.Backend
+	idx   *indexer
+	cache *entryCache
+}
+
+func (b *backend) resourceName(key string) string {
+	if res, ok := b.idx.registry.Lookup(key); ok && res.Name != "" {
+		return res.Name
+	}
+	return "other"
+}
+
+func (b *backend) List(ctx context.Context, key, end string, limit, revision int64, keysOnly bool) (int64, []*server.KeyValue, error) {
+	rev, kvs, err := b.Backend.List(ctx, key, end, limit, revision, keysOnly)
+	if _, ok, _ := selection.FromIncomingContext(ctx); ok && err == nil {
+		name := b.resourceName(key)
+		metricRequests.WithLabelValues(name, "list").Inc()
+		metricRows.WithLabelValues(name).Add(float64(len(kvs)))
+	}
+	return rev, kvs, err
+}
+
+func (b *backend) ListStream(ctx context.Context, key, end string, limit, revision int64, keysOnly bool) server.ListResult {
+	res := b.Backend.ListStream(ctx, key, end, limit, revision, keysOnly)
+	if _, ok, _ := selection.FromIncomingContext(ctx); !ok || res.KVc == nil {
+		return res
+	}
+	name := b.resourceName(key)
+	metricRequests.WithLabelValues(name, "list").Inc()
+	counted := make(chan *server.KeyValue, 1)
+	in := res.KVc
+	go func() {
+		defer close(counted)
+		n := 0
+		defer func() { metricRows.WithLabelValues(name).Add(float64(n)) }()
+		for kv := range in {
+			n++
+			counted <- kv
+		}
+	}()
+	res.KVc = counted
+	return res
+}
+
+func (b *backend) Count(ctx context.Context, key, end string, revision int64) (int64, int64, error) {
+	if _, ok, _ := selection.FromIncomingContext(ctx); ok {
+		metricRequests.WithLabelValues(b.resourceName(key), "count").Inc()
+	}
+	return b.Backend.Count(ctx, key, end, revision)
+}
+
+func (b *backend) Watch(ctx context.Context, revision int64) server.WatchResult {
+	wr := b.Backend.Watch(ctx, revision)
+	s, ok, _ := selection.FromIncomingContext(ctx)
+	if !ok || wr.Eventc == nil {
+		return wr
+	}
+	metricRequests.WithLabelValues("any", "watch").Inc()
+	ls := s.LabelSelector()
+	in := wr.Eventc
+	out := make(chan server.EventBatch, 100)
+	go func() {
+		defer close(out)
+		for batch := range in {
+			kept := batch.Events[:0:0]
+			for _, e := range batch.Events {
+				if b.eventMayMatch(s, ls, e) {
+					kept = append(kept, e)
+				} else {
+					metricWatchFiltered.Inc()
+				}
+			}
+			batch.Events = kept
+			select {
+			case out <- batch:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	wr.Eventc = out
+	return wr
+}
+
+// eventMayMatch keeps an event when its new or its previous value may match,
+// so the apiserver can still turn "stopped matching" into DELETED.
+func (b *backend) eventMayMatch(s selection.Selection, ls labels.Selector, e *server.Event) bool {
+	if !e.Delete && b.valueMayMatch(s, ls, e.KV) {
+		return true
+	}
+	if e.Create {
+		return false
+	}
+	if e.PrevKV == nil || e.PrevKV.Value == nil {
+		// The previous value is unknown (compacted): it may have matched.
+		return true
+	}
+	return b.valueMayMatch(s, ls, e.PrevKV)
+}
+
+func (b *backend) valueMayMatch(s selection.Selection, ls labels.Selector, kv *server.KeyValue) bool {
+	if kv == nil {
+		return true
+	}
+	entry := b.cache.get(kv.ModRevision, func() index.Entry { return b.idx.registry.Extract(kv.Key, kv.Value) })
+	if !entry.Decoded {
+		return true
+	}
+	if !ls.Matches(labels.Set(entry.Labels)) {
+		return false
+	}
+	return s.MatchFields(entry.Fields, func(f string) bool { _, ok := entry.Fields[f]; return ok })
+}
+
+// entryCache shares decoded index entries between the watches that see the
+// same event, keyed by revision (one value per revision).
+type entryCache struct {
+	mu      sync.Mutex
+	entries map[int64]index.Entry
+}
+
+const entryCacheSize = 4096
+
+func newEntryCache() *entryCache { return &entryCache{entries: map[int64]index.Entry{}} }
+
+func (c *entryCache) get(rev int64, compute func() index.Entry) index.Entry {
+	c.mu.Lock()
+	e, ok := c.entries[rev]
+	c.mu.Unlock()
+	if ok {
+		return e
+	}
+	e = compute()
+	c.mu.Lock()
+	if len(c.entries) >= entryCacheSize {
+		clear(c.entries)
+	}
+	c.entries[rev] = e
+	c.mu.Unlock()
+	return e
+}

@@ -1,0 +1,231 @@
+// Package datastore runs Kine in-process with harikube's indexing driver: a
+// Kine backend over SQL whose rows carry label and field indexes, so the
+// selections the apiserver attaches to LIST, COUNT and WATCH requests are
+// answered in SQL.
+package datastore
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/k3s-io/kine/pkg/app"
+	"github.com/k3s-io/kine/pkg/drivers"
+	"github.com/k3s-io/kine/pkg/drivers/generic"
+	"github.com/k3s-io/kine/pkg/drivers/sqlite"
+	"github.com/k3s-io/kine/pkg/endpoint"
+	"github.com/k3s-io/kine/pkg/logstructured"
+	"github.com/k3s-io/kine/pkg/logstructured/sqllog"
+	"github.com/k3s-io/kine/pkg/server"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/harikube/harikube/pkg/index"
+	"github.com/harikube/harikube/pkg/selectorsql"
+)
+
+// Kine driver schemes of the indexing driver. Users keep writing sqlite://
+// (Options.Endpoint); the translation keeps kine's own "sqlite" driver
+// available as the unindexed baseline.
+const schemeSQLite = "harikube-sqlite"
+
+// instanceParam names the DSN parameter that carries an in-process instance
+// id through kine's driver registry, whose constructors take only a DSN.
+const instanceParam = "_harikube_instance"
+
+func init() {
+	drivers.Register(schemeSQLite, newSQLite)
+}
+
+var (
+	instances    sync.Map // id → *index.Registry
+	lastInstance atomic.Int64
+)
+
+// Options configure a datastore.
+type Options struct {
+	// DataDir holds the socket (kine.sock) and the default SQLite database
+	// (db/state.db).
+	DataDir string
+	// Endpoint is a Kine datastore DSN; empty means SQLite in DataDir.
+	Endpoint string
+	// Listener overrides where the etcd API is served (unix://path or
+	// host:port); empty means unix://<DataDir>/kine.sock.
+	Listener string
+	// Registry supplies per-resource extractors; nil indexes metadata only.
+	Registry *index.Registry
+	// Unindexed runs Kine's stock driver, without index tables or
+	// pushdown: the baseline the benchmark compares against.
+	Unindexed bool
+	// MetricsRegisterer receives Kine's and the index's metrics.
+	MetricsRegisterer prometheus.Registerer
+	// KineArgs are Kine command-line flags (--compact-interval=..., ...)
+	// applied over Kine's defaults.
+	KineArgs []string
+}
+
+// Datastore is a running Kine server.
+type Datastore struct {
+	// Endpoint is what the apiserver passes as --etcd-servers.
+	Endpoint string
+	// DatabasePath is the SQLite file, when the datastore is SQLite.
+	DatabasePath string
+	wg           *sync.WaitGroup
+}
+
+// SocketPath is where the etcd API is served for a data directory.
+func SocketPath(dataDir string) string { return filepath.Join(dataDir, "kine.sock") }
+
+// DatabasePath is the default SQLite database of a data directory.
+func DatabasePath(dataDir string) string { return filepath.Join(dataDir, "db", "state.db") }
+
+// Start serves the etcd API until ctx is cancelled; Wait then blocks until
+// the database is closed.
+func Start(ctx context.Context, opts Options) (*Datastore, error) {
+	cfg := app.Config(opts.KineArgs)
+	cfg.MetricsRegisterer = opts.MetricsRegisterer
+	wg := &sync.WaitGroup{}
+	cfg.WaitGroup = wg
+	cfg.Listener = opts.Listener
+	if cfg.Listener == "" {
+		cfg.Listener = "unix://" + SocketPath(opts.DataDir)
+	}
+	ds := &Datastore{wg: wg}
+
+	ep := opts.Endpoint
+	if ep == "" {
+		path := DatabasePath(opts.DataDir)
+		if err := prepareSQLiteFile(path); err != nil {
+			return nil, err
+		}
+		ds.DatabasePath = path
+		ep = "sqlite://" + path + "?" + sqlite.DefaultParams
+	}
+	scheme, dsn, ok := strings.Cut(ep, "://")
+	if !ok {
+		return nil, fmt.Errorf("datastore endpoint %q: want <scheme>://<address>, e.g. sqlite:///var/lib/harikube/db/state.db", redact(ep))
+	}
+	switch scheme {
+	case "sqlite":
+		if !opts.Unindexed {
+			id := strconv.FormatInt(lastInstance.Add(1), 10)
+			instances.Store(id, opts.Registry)
+			dsn = addParam(dsn, instanceParam, id)
+			scheme = schemeSQLite
+		}
+	default:
+		return nil, fmt.Errorf("datastore endpoint scheme %q is not supported: use sqlite://<path>", scheme)
+	}
+	if err := registerMetrics(opts.MetricsRegisterer); err != nil {
+		return nil, fmt.Errorf("register datastore metrics: %w", err)
+	}
+	cfg.Endpoint = scheme + "://" + dsn
+
+	etcd, err := endpoint.Listen(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("start datastore: %w", err)
+	}
+	ds.Endpoint = strings.Join(etcd.Endpoints, ",")
+	return ds, nil
+}
+
+// Wait blocks until the datastore has shut down after its context ended.
+func (d *Datastore) Wait() { d.wg.Wait() }
+
+// prepareSQLiteFile creates the database directory and file with owner-only
+// permissions; SQLite gives its -wal and -shm files the same mode.
+func prepareSQLiteFile(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("create database directory %s: %w", filepath.Dir(path), err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("open database %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("open database %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		return fmt.Errorf("restrict database %s: %w", path, err)
+	}
+	return nil
+}
+
+func addParam(dsn, key, value string) string {
+	sep := "?"
+	if strings.Contains(dsn, "?") {
+		sep = "&"
+	}
+	return dsn + sep + key + "=" + url.QueryEscape(value)
+}
+
+// takeInstance removes the instance parameter from dsn and returns the
+// registry it names.
+func takeInstance(dsn string) (string, *index.Registry) {
+	path, rawQuery, ok := strings.Cut(dsn, "?")
+	if !ok {
+		return dsn, nil
+	}
+	var kept []string
+	var id string
+	for _, kv := range strings.Split(rawQuery, "&") {
+		if v, found := strings.CutPrefix(kv, instanceParam+"="); found {
+			id = v
+			continue
+		}
+		kept = append(kept, kv)
+	}
+	var registry *index.Registry
+	if v, ok := instances.Load(id); ok {
+		registry, _ = v.(*index.Registry)
+	}
+	if len(kept) == 0 {
+		return path, registry
+	}
+	return path + "?" + strings.Join(kept, "&"), registry
+}
+
+// redact hides credentials in a DSN shown to the user.
+func redact(dsn string) string {
+	if u, err := url.Parse(dsn); err == nil && u.User != nil {
+		return u.Redacted()
+	}
+	return dsn
+}
+
+func newSQLite(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Config) (bool, server.Backend, error) {
+	var registry *index.Registry
+	cfg.DataSourceName, registry = takeInstance(cfg.DataSourceName)
+	_, g, err := sqlite.NewVariant(ctx, wg, "sqlite3", cfg)
+	if err != nil {
+		return false, nil, err
+	}
+	b, err := newIndexedBackend(ctx, wg, cfg, g, registry, selectorsql.SQLiteSchema(), "?", false)
+	return false, b, err
+}
+
+// newIndexedBackend puts the index beside kine's tables of an opened
+// database and returns the backend kine's gRPC server will serve.
+func newIndexedBackend(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Config, g *generic.Generic, registry *index.Registry, schema []string, param string, numbered bool) (server.Backend, error) {
+	schema = append(schema, "CREATE TABLE IF NOT EXISTS "+coverageTable+" (prefix TEXT PRIMARY KEY, fields TEXT NOT NULL)")
+	for _, stmt := range schema {
+		if _, err := g.DB.ExecContext(ctx, stmt); err != nil {
+			return nil, fmt.Errorf("create index schema: %w", err)
+		}
+	}
+	idx := newIndexer(registry, g.DB, param, numbered)
+	if err := idx.loadCoverage(ctx); err != nil {
+		return nil, err
+	}
+	if err := idx.backfill(ctx); err != nil {
+		return nil, fmt.Errorf("index existing rows: %w", err)
+	}
+	idx.registry.Watch(func(res index.Resource) { idx.register(ctx, res) })
+	d := &dialect{Generic: g, idx: idx, param: param, numbered: numbered}
+	return &backend{Backend: logstructured.New(sqllog.New(d, wg, cfg)), idx: idx, cache: newEntryCache()}, nil
+}

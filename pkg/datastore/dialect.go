@@ -1,0 +1,112 @@
+package datastore
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+
+	"github.com/k3s-io/kine/pkg/drivers/generic"
+	"github.com/k3s-io/kine/pkg/query"
+	"github.com/k3s-io/kine/pkg/server"
+	"github.com/sirupsen/logrus"
+
+	"github.com/harikube/harikube/pkg/selection"
+	"github.com/harikube/harikube/pkg/selectorsql"
+)
+
+// dialect is kine's generic SQL dialect with the index kept in step: every
+// insert also writes the row's index entries in the same transaction, and
+// reads that carry a selection run harikube's filtered SQL instead of kine's.
+type dialect struct {
+	*generic.Generic
+	idx *indexer
+	// numbered placeholders ($1, $2, ...) for PostgreSQL, "?" for SQLite.
+	param    string
+	numbered bool
+}
+
+var _ server.Dialect = (*dialect)(nil)
+
+// prepare converts the "?" placeholders selectorsql renders for this database.
+func (d *dialect) prepare(q selectorsql.Query, name string) (string, []any) {
+	return query.New(q.SQL, d.param, d.numbered, name).Query, q.Args
+}
+
+func (d *dialect) selected(ctx context.Context) (selection.Selection, bool) {
+	s, ok, err := selection.FromIncomingContext(ctx)
+	if err != nil {
+		// An unreadable selection only costs the pushdown.
+		logrus.Debugf("Ignoring selection: %v", err)
+		return s, false
+	}
+	return s, ok
+}
+
+func (d *dialect) request(key, end string, limit, revision int64, includeDeleted, keysOnly bool, s selection.Selection) selectorsql.Request {
+	return selectorsql.Request{
+		Range:          selectorsql.Range{Start: key, End: end},
+		Revision:       revision,
+		Limit:          limit,
+		IncludeDeleted: includeDeleted,
+		KeysOnly:       keysOnly,
+		Selection:      s,
+		FieldIndexed:   d.idx.fieldIndexed(key),
+	}
+}
+
+func (d *dialect) ListCurrent(ctx context.Context, key, end string, limit int64, includeDeleted, keysOnly bool) (*sql.Rows, error) {
+	s, ok := d.selected(ctx)
+	if !ok {
+		return d.Generic.ListCurrent(ctx, key, end, limit, includeDeleted, keysOnly)
+	}
+	q, args := d.prepare(selectorsql.List(d.request(key, end, limit, 0, includeDeleted, keysOnly, s)), "HarikubeListCurrent")
+	return d.DB.QueryContext(ctx, q, args...)
+}
+
+func (d *dialect) List(ctx context.Context, key, end string, limit, revision int64, includeDeleted, keysOnly bool) (*sql.Rows, error) {
+	s, ok := d.selected(ctx)
+	if !ok {
+		return d.Generic.List(ctx, key, end, limit, revision, includeDeleted, keysOnly)
+	}
+	q, args := d.prepare(selectorsql.List(d.request(key, end, limit, revision, includeDeleted, keysOnly, s)), "HarikubeList")
+	return d.DB.QueryContext(ctx, q, args...)
+}
+
+func (d *dialect) CountCurrent(ctx context.Context, key, end string) (int64, int64, error) {
+	s, ok := d.selected(ctx)
+	if !ok {
+		return d.Generic.CountCurrent(ctx, key, end)
+	}
+	rev, _, count, err := d.count(ctx, d.request(key, end, 0, 0, false, true, s))
+	return rev, count, err
+}
+
+func (d *dialect) Count(ctx context.Context, key, end string, revision int64) (int64, int64, int64, error) {
+	s, ok := d.selected(ctx)
+	if !ok {
+		return d.Generic.Count(ctx, key, end, revision)
+	}
+	return d.count(ctx, d.request(key, end, 0, revision, false, true, s))
+}
+
+func (d *dialect) count(ctx context.Context, req selectorsql.Request) (int64, int64, int64, error) {
+	q, args := d.prepare(selectorsql.Count(req), "HarikubeCount")
+	var rev, compact sql.NullInt64
+	var count int64
+	if err := d.DB.QueryRowContext(ctx, q, args...).Scan(&rev, &compact, &count); err != nil {
+		return 0, 0, 0, fmt.Errorf("count with selection: %w", err)
+	}
+	return rev.Int64, compact.Int64, count, nil
+}
+
+// BeginTx returns a transaction whose inserts also write the index.
+func (d *dialect) BeginTx(ctx context.Context, opts *sql.TxOptions) (server.Transaction, error) {
+	if opts == nil {
+		opts = &sql.TxOptions{Isolation: sql.LevelRepeatableRead}
+	}
+	x, err := d.DB.BeginTx(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &tx{x: x, d: d}, nil
+}

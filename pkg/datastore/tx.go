@@ -1,0 +1,120 @@
+package datastore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+
+	"github.com/k3s-io/kine/pkg/server"
+	"github.com/sirupsen/logrus"
+)
+
+// tx mirrors kine's generic transaction, whose fields are unexported, and
+// adds the index rows to each insert.
+type tx struct {
+	x *sql.Tx
+	d *dialect
+}
+
+var _ server.Transaction = (*tx)(nil)
+
+func (t *tx) Commit() error   { return t.x.Commit() }
+func (t *tx) Rollback() error { return t.x.Rollback() }
+
+func (t *tx) MustCommit() {
+	if err := t.Commit(); err != nil {
+		logrus.Fatalf("Transaction commit failed: %v", err)
+	}
+}
+
+func (t *tx) MustRollback() {
+	if err := t.Rollback(); err != nil && !errors.Is(err, sql.ErrTxDone) {
+		logrus.Fatalf("Transaction rollback failed: %v", err)
+	}
+}
+
+func (t *tx) scalar(ctx context.Context, q string, args ...any) (int64, error) {
+	var v sql.NullInt64
+	err := t.x.QueryRowContext(ctx, q, args...).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	return v.Int64, err
+}
+
+func (t *tx) GetCompactRevision(ctx context.Context) (int64, error) {
+	return t.scalar(ctx, t.d.CompactRevSQL.Query)
+}
+
+func (t *tx) SetCompactRevision(ctx context.Context, revision int64) error {
+	_, err := t.x.ExecContext(ctx, t.d.UpdateCompactSQL.Query, revision)
+	return err
+}
+
+// Compact deletes superseded rows; the delete trigger removes their index
+// rows in this same transaction.
+func (t *tx) Compact(ctx context.Context, from, to int64) (int64, error) {
+	res, err := t.x.ExecContext(ctx, t.d.CompactSQL.Query, from, to, from, to)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+func (t *tx) DeleteRevision(ctx context.Context, revision int64) error {
+	_, err := t.x.ExecContext(ctx, t.d.DeleteSQL.Query, revision)
+	return err
+}
+
+func (t *tx) CurrentRevision(ctx context.Context) (int64, error) {
+	return t.scalar(ctx, t.d.CurrentRevSQL.Query)
+}
+
+// Insert appends a kine row exactly as kine does (zero id when the
+// optimistic-concurrency check fails) and indexes it in the same transaction,
+// so a committed row always has its index entry.
+func (t *tx) Insert(ctx context.Context, key string, created, deleted bool, previousRevision, ttl int64, value []byte) (id int64, err error) {
+	if t.d.TranslateErr != nil {
+		defer func() {
+			if err != nil {
+				err = t.d.TranslateErr(err)
+			}
+		}()
+	}
+	cols := []any{previousRevision, key, boolToInt(created), boolToInt(deleted), previousRevision, ttl, value, key, previousRevision}
+	if t.d.LastInsertID {
+		res, err := t.x.ExecContext(ctx, t.d.InsertSQL.Query, cols...)
+		if err != nil {
+			return 0, err
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			return 0, err
+		}
+		if id, err = res.LastInsertId(); err != nil {
+			return 0, err
+		}
+	} else {
+		err := t.x.QueryRowContext(ctx, t.d.InsertReturningSQL.Query, cols...).Scan(&id)
+		if errors.Is(err, sql.ErrNoRows) {
+			return 0, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
+	if deleted {
+		// Tombstones are never returned by a filtered read.
+		return id, nil
+	}
+	if err := t.d.idx.write(ctx, t.x, id, key, value); err != nil {
+		return 0, err
+	}
+	return id, nil
+}
+
+func boolToInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,320 @@
+// Package selectorsql translates label and field selectors into SQL over
+// harikube's index tables. It is pure: it renders text and arguments and
+// never talks to a database, so it can be tested and fuzzed on its own.
+//
+// The contract every rendering keeps is the superset rule: a row whose object
+// matches the selection upstream is never excluded. Whatever cannot be
+// expressed exactly (an unindexed field, an operator with odd values, a value
+// longer than the index keeps) is left out of the SQL, which widens the result;
+// the apiserver applies the real predicate afterwards.
+package selectorsql
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/harikube/harikube/pkg/selection"
+	sel "k8s.io/apimachinery/pkg/selection"
+)
+
+// Index schema shared with the datastore that writes it.
+const (
+	// RowsTable has one row per kine row: decoded=1 when its labels and
+	// fields are in IndexTable, 0 when the value could not be decoded.
+	RowsTable = "harikube_rows"
+	// IndexTable has one row per label (kind 'l') and per field (kind 'f')
+	// of every decoded kine row, keyed by the kine row id (its revision).
+	IndexTable = "harikube_index"
+
+	KindLabel = "l"
+	KindField = "f"
+
+	// MaxValueLen is how much of a value the index keeps. Longer values are
+	// stored cut to this length, so equality on them can only be checked
+	// loosely.
+	MaxValueLen = 256
+)
+
+// IndexValue is what the index stores for value v.
+func IndexValue(v string) string {
+	if len(v) > MaxValueLen {
+		return v[:MaxValueLen]
+	}
+	return v
+}
+
+// IndexNumber is the integer the index stores next to a label value, with the
+// parsing rule upstream uses for the gt and lt operators.
+func IndexNumber(v string) (int64, bool) {
+	n, err := strconv.ParseInt(v, 10, 64)
+	return n, err == nil
+}
+
+// Range is the key range of a request: [Start, End). An empty Start means
+// every key; an empty End means exactly the key Start.
+type Range struct {
+	Start, End string
+}
+
+// Request describes one LIST or COUNT.
+type Request struct {
+	Range          Range
+	Revision       int64 // 0: the current revision
+	Limit          int64 // 0: no limit
+	IncludeDeleted bool
+	KeysOnly       bool
+	Selection      selection.Selection
+	// FieldIndexed reports whether every decoded row in the range carries
+	// the field in the index. Requirements on other fields are not pushed.
+	FieldIndexed func(field string) bool
+}
+
+// Query is rendered SQL with "?" placeholders and its arguments in order.
+type Query struct {
+	SQL  string
+	Args []any
+}
+
+type builder struct {
+	sql  strings.Builder
+	args []any
+}
+
+func (b *builder) write(s string, args ...any) {
+	b.sql.WriteString(s)
+	b.args = append(b.args, args...)
+}
+
+// term is one requirement rendered as a boolean SQL expression on kv.id.
+type term struct {
+	sql  string
+	args []any
+	// drive, when set, selects the ids of index rows that satisfy the
+	// requirement, so a lookup can start from the index instead of the
+	// whole key range.
+	drive     string
+	driveArgs []any
+}
+
+func valuesAny(vs []string) []any {
+	out := make([]any, len(vs))
+	for i, v := range vs {
+		out[i] = IndexValue(v)
+	}
+	return out
+}
+
+func anyLong(vs []string) bool {
+	for _, v := range vs {
+		if len(v) >= MaxValueLen {
+			return true
+		}
+	}
+	return false
+}
+
+const (
+	existsPrefix = "EXISTS (SELECT 1 FROM " + IndexTable + " AS i WHERE i.id = kv.id AND i.kind = ? AND i.name = ?"
+	drivePrefix  = "SELECT i.id AS id FROM " + IndexTable + " AS i WHERE i.kind = ? AND i.name = ?"
+)
+
+// labelTerm renders one label requirement with upstream semantics: = and in
+// need the key present with one of the values; != and notin also match when
+// the key is absent; gt and lt compare the value parsed as a base-10 int64.
+func labelTerm(r selection.Requirement) (term, bool) {
+	kindName := []any{KindLabel, r.Key}
+	switch r.Operator {
+	case sel.Equals, sel.DoubleEquals, sel.In:
+		if len(r.Values) == 0 {
+			return term{}, false
+		}
+		cond := " AND i.value IN (" + strings.TrimSuffix(strings.Repeat("?, ", len(r.Values)), ", ") + ")"
+		args := append(append([]any{}, kindName...), valuesAny(r.Values)...)
+		return term{sql: existsPrefix + cond + ")", args: args, drive: drivePrefix + cond, driveArgs: args}, true
+	case sel.NotEquals, sel.NotIn:
+		// A stored value cut to MaxValueLen may equal a long requested value
+		// without the object's value being equal: excluding it could drop a match.
+		if len(r.Values) == 0 || anyLong(r.Values) {
+			return term{}, false
+		}
+		cond := " AND i.value IN (" + strings.TrimSuffix(strings.Repeat("?, ", len(r.Values)), ", ") + ")"
+		return term{sql: "NOT " + existsPrefix + cond + ")", args: append(append([]any{}, kindName...), valuesAny(r.Values)...)}, true
+	case sel.Exists:
+		return term{sql: existsPrefix + ")", args: kindName, drive: drivePrefix, driveArgs: kindName}, true
+	case sel.DoesNotExist:
+		return term{sql: "NOT " + existsPrefix + ")", args: kindName}, true
+	case sel.GreaterThan, sel.LessThan:
+		if len(r.Values) != 1 {
+			return term{}, false
+		}
+		n, ok := IndexNumber(r.Values[0])
+		if !ok {
+			return term{}, false
+		}
+		op := " > ?"
+		if r.Operator == sel.LessThan {
+			op = " < ?"
+		}
+		cond := " AND i.num" + op
+		args := append(append([]any{}, kindName...), n)
+		return term{sql: existsPrefix + cond + ")", args: args, drive: drivePrefix + cond, driveArgs: args}, true
+	}
+	return term{}, false
+}
+
+// fieldTerm renders one field requirement. Only fields every decoded row in
+// the range carries are pushed; for those a missing value was stored as "",
+// which is how upstream reads a missing field.
+func fieldTerm(r selection.Requirement, indexed func(string) bool) (term, bool) {
+	if len(r.Values) != 1 || indexed == nil || !indexed(r.Key) {
+		return term{}, false
+	}
+	v := r.Values[0]
+	kindNameValue := []any{KindField, r.Key, IndexValue(v)}
+	cond := " AND i.value = ?"
+	switch r.Operator {
+	case sel.Equals, sel.DoubleEquals:
+		return term{sql: existsPrefix + cond + ")", args: kindNameValue, drive: drivePrefix + cond, driveArgs: kindNameValue}, true
+	case sel.NotEquals:
+		if len(v) >= MaxValueLen {
+			return term{}, false
+		}
+		return term{sql: "NOT " + existsPrefix + cond + ")", args: kindNameValue}, true
+	}
+	return term{}, false
+}
+
+// Filter is a selection rendered for one key range.
+type Filter struct {
+	// Where is a boolean expression on the kine row alias kv, or "" when
+	// nothing could be pushed.
+	Where     string
+	WhereArgs []any
+	// Drive, when not "", selects candidate ids (column id) that include
+	// every row that may match, so the caller can start from them.
+	Drive     string
+	DriveArgs []any
+}
+
+// Translate renders sel for rows in r. It never fails: requirements it cannot
+// render exactly are left out.
+func Translate(s selection.Selection, fieldIndexed func(string) bool, r Range) Filter {
+	var terms []term
+	for _, req := range s.Labels {
+		if t, ok := labelTerm(req); ok {
+			terms = append(terms, t)
+		}
+	}
+	for _, req := range s.Fields {
+		if t, ok := fieldTerm(req, fieldIndexed); ok {
+			terms = append(terms, t)
+		}
+	}
+	if len(terms) == 0 {
+		return Filter{}
+	}
+
+	var f Filter
+	// Rows the index knows nothing certain about (value not decodable, or
+	// no index entry at all) always stay candidates.
+	where := []string{"NOT EXISTS (SELECT 1 FROM " + RowsTable + " AS r WHERE r.id = kv.id AND r.decoded = 1)"}
+	var conj []string
+	for _, t := range terms {
+		conj = append(conj, t.sql)
+		f.WhereArgs = append(f.WhereArgs, t.args...)
+	}
+	where = append(where, "("+strings.Join(conj, " AND ")+")")
+	f.Where = "(" + strings.Join(where, " OR ") + ")"
+
+	for _, t := range terms {
+		if t.drive == "" {
+			continue
+		}
+		d := t.drive
+		args := append([]any{}, t.driveArgs...)
+		switch {
+		case r.Start == "":
+		case r.End == "":
+			d += " AND i.key = ?"
+			args = append(args, r.Start)
+		default:
+			d += " AND i.key >= ? AND i.key < ?"
+			args = append(args, r.Start, r.End)
+		}
+		f.Drive = d + " UNION ALL SELECT r.id AS id FROM " + RowsTable + " AS r WHERE r.decoded = 0"
+		f.DriveArgs = args
+		break
+	}
+	return f
+}
+
+// Columns kine's row scanner expects, in order, after current_rev and compact_rev.
+const (
+	columns    = "kv.id, kv.name, kv.created, kv.deleted, kv.create_revision, kv.prev_revision, kv.lease"
+	nulls      = "NULL, NULL, NULL, NULL, NULL, NULL, NULL"
+	currentRev = "(SELECT MAX(id) FROM kine)"
+	compactRev = "(SELECT MAX(prev_revision) FROM kine WHERE name = 'compact_rev_key')"
+)
+
+// from renders the row source and the conditions every list and count share:
+// the key range, the newest revision of each key at the requested revision,
+// tombstones, and the filter.
+func from(b *builder, req Request, f Filter) {
+	if f.Drive != "" {
+		// CROSS JOIN makes SQLite start from the candidates; PostgreSQL
+		// plans it as an inner join either way.
+		b.write(" FROM ("+f.Drive+") AS cand CROSS JOIN kine AS kv WHERE kv.id = cand.id AND ", f.DriveArgs...)
+	} else {
+		b.write(" FROM kine AS kv WHERE ")
+	}
+	switch {
+	case req.Range.Start == "":
+		b.write("1 = 1")
+	case req.Range.End == "":
+		b.write("kv.name = ?", req.Range.Start)
+	default:
+		b.write("kv.name >= ? AND kv.name < ?", req.Range.Start, req.Range.End)
+	}
+	if req.Revision > 0 {
+		b.write(" AND kv.id = (SELECT MAX(k2.id) FROM kine AS k2 WHERE k2.name = kv.name AND k2.id <= ?)", req.Revision)
+	} else {
+		b.write(" AND kv.id = (SELECT MAX(k2.id) FROM kine AS k2 WHERE k2.name = kv.name)")
+	}
+	b.write(" AND (kv.deleted = 0 OR ?)", req.IncludeDeleted)
+	if f.Where != "" {
+		b.write(" AND "+f.Where, f.WhereArgs...)
+	}
+}
+
+// List renders a LIST in the shape kine's row scanner reads: current and
+// compact revision, then the row columns (and value unless KeysOnly), with a
+// single all-NULL row when nothing matches so the revisions still arrive.
+func List(req Request) Query {
+	f := Translate(req.Selection, req.FieldIndexed, req.Range)
+	cols, nullCols := columns, nulls
+	if !req.KeysOnly {
+		cols += ", kv.value"
+		nullCols += ", NULL"
+	}
+	var b builder
+	b.write("WITH ckv AS (SELECT " + currentRev + " AS current_rev, " + compactRev + " AS compact_rev), ")
+	b.write("mkv AS (SELECT " + cols)
+	from(&b, req, f)
+	b.write(" ORDER BY kv.name ASC")
+	if req.Limit > 0 {
+		b.write(" LIMIT " + strconv.FormatInt(req.Limit, 10))
+	}
+	b.write("), fkv AS (SELECT * FROM mkv UNION ALL SELECT " + nullCols + " WHERE NOT EXISTS (SELECT * FROM mkv)) ")
+	b.write("SELECT * FROM ckv, fkv ORDER BY name ASC")
+	return Query{SQL: b.sql.String(), Args: b.args}
+}
+
+// Count renders a COUNT over the same rows List would return without a
+// limit; it selects current revision, compact revision and the count.
+func Count(req Request) Query {
+	f := Translate(req.Selection, req.FieldIndexed, req.Range)
+	var b builder
+	b.write("SELECT " + currentRev + ", " + compactRev + ", COUNT(*)")
+	from(&b, req, f)
+	return Query{SQL: b.sql.String(), Args: b.args}
+}

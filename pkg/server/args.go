@@ -1,0 +1,63 @@
+package server
+
+import (
+	"net"
+	"strconv"
+
+	"github.com/harikube/harikube/pkg/pki"
+)
+
+// apiServerArgs are the kube-apiserver flags harikube sets; user flags
+// (--kube-apiserver-arg) come after them and win.
+func apiServerArgs(cfg Config, b *pki.Bundle, etcd string, serviceIP net.IP) []string {
+	args := []string{
+		"--etcd-servers=" + etcd,
+		"--bind-address=" + cfg.BindAddress,
+		"--secure-port=" + strconv.Itoa(cfg.HTTPSPort),
+		"--tls-cert-file=" + b.ServingCert,
+		"--tls-private-key-file=" + b.ServingKey,
+		"--client-ca-file=" + b.ClientCA,
+		"--authorization-mode=Node,RBAC",
+		"--anonymous-auth=true",
+		"--enable-bootstrap-token-auth=true",
+		"--allow-privileged=true",
+		"--profiling=false",
+		"--service-cluster-ip-range=" + cfg.ServiceCIDR,
+		"--service-account-issuer=https://kubernetes.default.svc." + cfg.ClusterDomain,
+		"--service-account-key-file=" + b.ServiceAccountPub,
+		"--service-account-signing-key-file=" + b.ServiceAccountKey,
+		"--api-audiences=https://kubernetes.default.svc." + cfg.ClusterDomain,
+		"--requestheader-client-ca-file=" + b.RequestHeaderCA,
+		"--requestheader-allowed-names=" + pki.ProxyClientCN,
+		"--requestheader-username-headers=X-Remote-User",
+		"--requestheader-group-headers=X-Remote-Group",
+		"--requestheader-extra-headers-prefix=X-Remote-Extra-",
+		"--proxy-client-cert-file=" + b.ProxyClientCert,
+		"--proxy-client-key-file=" + b.ProxyClientKey,
+		"--storage-backend=etcd3",
+	}
+	if addr, reconcile := advertiseAddress(cfg.BindAddress); reconcile {
+		args = append(args, "--advertise-address="+addr)
+	} else {
+		args = append(args, "--advertise-address="+addr, "--endpoint-reconciler-type=none")
+	}
+	return args
+}
+
+// controllerManagerArgs run one controller manager without leader election
+// (losing a lease would exit the whole process) and without its own serving
+// port, with per-controller service-account credentials.
+func controllerManagerArgs(cfg Config, b *pki.Bundle, kubeconfig string) []string {
+	return []string{
+		"--kubeconfig=" + kubeconfig,
+		"--leader-elect=false",
+		"--secure-port=0",
+		"--use-service-account-credentials=true",
+		"--service-account-private-key-file=" + b.ServiceAccountKey,
+		"--root-ca-file=" + b.ServerCA,
+		"--cluster-signing-cert-file=" + b.ClientCA,
+		"--cluster-signing-key-file=" + b.ClientCAKey,
+		"--service-cluster-ip-range=" + cfg.ServiceCIDR,
+		"--cluster-name=harikube",
+	}
+}

@@ -1,0 +1,69 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// prepareDataDir creates the data directory (0700) and proves it writable.
+func prepareDataDir(dir string) error {
+	if dir == "" {
+		return errors.New("no data directory: set --data-dir")
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("data directory %s cannot be created: %w; choose another --data-dir", dir, err)
+	}
+	probe, err := os.CreateTemp(dir, ".write-test-*")
+	if err != nil {
+		return fmt.Errorf("data directory %s is not writable: %w; fix its permissions or choose another --data-dir", dir, err)
+	}
+	probe.Close()
+	return os.Remove(probe.Name())
+}
+
+type dirLock struct{ f *os.File }
+
+// lockDataDir takes an exclusive lock for the server's lifetime, so a second
+// server cannot share (and corrupt) the database or replace the socket. The
+// kernel drops the lock when the process dies, even on SIGKILL.
+func lockDataDir(dir string) (*dirLock, error) {
+	path := filepath.Join(dir, "harikube.lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock file %s: %w", path, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		owner, _ := os.ReadFile(path)
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			pid := strings.TrimSpace(string(owner))
+			if pid == "" {
+				pid = "unknown"
+			}
+			return nil, fmt.Errorf("data directory %s is in use by another harikube server (pid %s); stop it or choose another --data-dir", dir, pid)
+		}
+		return nil, fmt.Errorf("lock data directory %s: %w", dir, err)
+	}
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return &dirLock{f: f}, nil
+}
+
+func (l *dirLock) release() {
+	_ = syscall.Flock(int(l.f.Fd()), syscall.LOCK_UN)
+	l.f.Close()
+}
+
+func redactEndpoint(ep string) string {
+	if u, err := url.Parse(ep); err == nil && u.User != nil {
+		return u.Redacted()
+	}
+	return ep
+}

@@ -1,0 +1,317 @@
+// Package server runs a whole harikube control plane in one process: Kine
+// with the indexing driver on a unix socket, the upstream kube-apiserver with
+// selector pushdown, and the upstream kube-controller-manager.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	utilnet "k8s.io/apimachinery/pkg/util/net"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/component-base/metrics/legacyregistry"
+
+	"github.com/harikube/harikube/pkg/apiserver"
+	"github.com/harikube/harikube/pkg/controllermanager"
+	"github.com/harikube/harikube/pkg/datastore"
+	"github.com/harikube/harikube/pkg/index"
+	"github.com/harikube/harikube/pkg/pki"
+	"github.com/harikube/harikube/pkg/pushdown"
+)
+
+// Config is what `harikube server` is asked to run.
+type Config struct {
+	DataDir              string
+	BindAddress          string
+	HTTPSPort            int
+	DatastoreEndpoint    string
+	WriteKubeconfig      string
+	ServiceCIDR          string
+	ClusterDomain        string
+	SelectorPushdown     bool
+	CacheCustomResources bool
+	// UnindexedDatastore runs Kine's stock SQLite driver (benchmark baseline).
+	UnindexedDatastore    bool
+	APIServerArgs         []string
+	ControllerManagerArgs []string
+	// ReadyTimeout bounds the wait for the apiserver's /readyz.
+	ReadyTimeout time.Duration
+}
+
+// Run starts everything, reports readiness, and blocks until ctx ends; then
+// it stops the controller manager, the apiserver and the datastore in that
+// order. A nil error means a clean stop.
+func Run(ctx context.Context, cfg Config) error {
+	start := time.Now()
+	if err := prepareDataDir(cfg.DataDir); err != nil {
+		return err
+	}
+	lock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer lock.release()
+
+	if err := checkPortFree(cfg.BindAddress, cfg.HTTPSPort); err != nil {
+		return err
+	}
+
+	serviceIP, err := firstServiceIP(cfg.ServiceCIDR)
+	if err != nil {
+		return err
+	}
+	hostname, _ := os.Hostname()
+	bundle, err := pki.Ensure(pki.Options{
+		Dir:           filepath.Join(cfg.DataDir, "tls"),
+		Hostnames:     nonEmpty(hostname),
+		IPs:           bindIPs(cfg.BindAddress),
+		ServiceIP:     serviceIP,
+		ClusterDomain: cfg.ClusterDomain,
+	})
+	if err != nil {
+		return fmt.Errorf("prepare TLS certificates: %w", err)
+	}
+
+	apiURL := "https://" + net.JoinHostPort(clientHost(cfg.BindAddress), strconv.Itoa(cfg.HTTPSPort))
+	kubeconfig := cfg.WriteKubeconfig
+	if kubeconfig == "" {
+		kubeconfig = filepath.Join(cfg.DataDir, "kubeconfig.yaml")
+	}
+	if err := pki.WriteKubeconfig(kubeconfig, apiURL, bundle.ServerCA, bundle.AdminCert, bundle.AdminKey, "admin"); err != nil {
+		return fmt.Errorf("write admin kubeconfig: %w", err)
+	}
+	controllerKubeconfig := filepath.Join(cfg.DataDir, "cred", "controller-manager.kubeconfig")
+	if err := os.MkdirAll(filepath.Dir(controllerKubeconfig), 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", filepath.Dir(controllerKubeconfig), err)
+	}
+	if err := pki.WriteKubeconfig(controllerKubeconfig, apiURL, bundle.ServerCA, bundle.ControllerManagerCert, bundle.ControllerManagerKey, "controller-manager"); err != nil {
+		return fmt.Errorf("write controller-manager kubeconfig: %w", err)
+	}
+
+	registry := index.NewRegistry()
+	dsCtx, stopDatastore := context.WithCancel(context.Background())
+	defer stopDatastore()
+	ds, err := datastore.Start(dsCtx, datastore.Options{
+		DataDir:           cfg.DataDir,
+		Endpoint:          cfg.DatastoreEndpoint,
+		Registry:          registry,
+		Unindexed:         cfg.UnindexedDatastore,
+		MetricsRegisterer: legacyregistry.Registerer(),
+	})
+	if err != nil {
+		return err
+	}
+	defer ds.Wait()
+	defer stopDatastore()
+	describeDatastore(cfg, ds)
+
+	apiCtx, stopAPI := context.WithCancel(context.Background())
+	defer stopAPI()
+	var wrap apiserver.StorageWrapper
+	if !cfg.UnindexedDatastore {
+		wrap = pushdown.Wrapper(pushdown.Options{Pushdown: cfg.SelectorPushdown, CacheCustomResources: cfg.CacheCustomResources, Registry: registry})
+	} else {
+		wrap = pushdown.Wrapper(pushdown.Options{CacheCustomResources: cfg.CacheCustomResources})
+	}
+	args := append(apiServerArgs(cfg, bundle, ds.Endpoint, serviceIP), cfg.APIServerArgs...)
+	api, err := apiserver.New(apiCtx, args, wrap)
+	if err != nil {
+		return err
+	}
+	apiDone := make(chan error, 1)
+	go func() { apiDone <- api.Run(apiCtx) }()
+	stopAPIAndWait := func() error {
+		stopAPI()
+		return <-apiDone
+	}
+
+	client, err := adminClient(kubeconfig)
+	if err != nil {
+		_ = stopAPIAndWait()
+		return err
+	}
+	if err := waitReady(ctx, client, cfg.ReadyTimeout, apiDone); err != nil {
+		_ = stopAPIAndWait()
+		return err
+	}
+	logrus.Infof("API server: %s", apiURL)
+	logrus.Infof("Admin kubeconfig: %s", kubeconfig)
+
+	cmCtx, stopCM := context.WithCancel(context.Background())
+	defer stopCM()
+	cm, err := controllermanager.New(cmCtx, append(controllerManagerArgs(cfg, bundle, controllerKubeconfig), cfg.ControllerManagerArgs...))
+	if err != nil {
+		_ = stopAPIAndWait()
+		return err
+	}
+	var cmWG sync.WaitGroup
+	cmDone := make(chan error, 1)
+	cmWG.Add(1)
+	go func() {
+		defer cmWG.Done()
+		cmDone <- cm.Run(cmCtx)
+	}()
+	logrus.Infof("harikube is ready in %.1fs (kubectl: harikube kubectl --kubeconfig %s get ns)", time.Since(start).Seconds(), kubeconfig)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		logrus.Info("Shutting down")
+	case err := <-apiDone:
+		runErr = fmt.Errorf("kube-apiserver stopped: %w", errOrUnexpected(err))
+		apiDone <- nil
+	case err := <-cmDone:
+		runErr = fmt.Errorf("kube-controller-manager stopped: %w", errOrUnexpected(err))
+	}
+	stopCM()
+	waitTimeout(&cmWG, 10*time.Second)
+	if err := stopAPIAndWait(); err != nil && runErr == nil {
+		runErr = fmt.Errorf("kube-apiserver shutdown: %w", err)
+	}
+	stopDatastore()
+	ds.Wait()
+	if runErr == nil {
+		logrus.Info("Stopped")
+	}
+	return runErr
+}
+
+func errOrUnexpected(err error) error {
+	if err == nil {
+		return errors.New("exited unexpectedly")
+	}
+	return err
+}
+
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+		logrus.Warn("kube-controller-manager did not stop in time; continuing shutdown")
+	}
+}
+
+func describeDatastore(cfg Config, ds *datastore.Datastore) {
+	kind := "indexed, selector pushdown on"
+	switch {
+	case cfg.UnindexedDatastore:
+		kind = "stock Kine driver, no index"
+	case !cfg.SelectorPushdown:
+		kind = "indexed, selector pushdown off"
+	}
+	if ds.DatabasePath != "" {
+		logrus.Infof("Datastore: SQLite %s (%s)", ds.DatabasePath, kind)
+	} else {
+		logrus.Infof("Datastore: %s (%s)", redactEndpoint(cfg.DatastoreEndpoint), kind)
+	}
+	logrus.Infof("etcd API: %s", ds.Endpoint)
+}
+
+func adminClient(kubeconfig string) (kubernetes.Interface, error) {
+	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("load admin kubeconfig %s: %w", kubeconfig, err)
+	}
+	rc.Timeout = 5 * time.Second
+	return kubernetes.NewForConfig(rc)
+}
+
+// waitReady polls /readyz until it answers ok, the apiserver fails, or the
+// timeout passes.
+func waitReady(ctx context.Context, client kubernetes.Interface, timeout time.Duration, apiDone chan error) error {
+	var last error
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		select {
+		case err := <-apiDone:
+			apiDone <- err
+			return false, fmt.Errorf("kube-apiserver stopped while starting: %w", errOrUnexpected(err))
+		default:
+		}
+		var status int
+		res := client.Discovery().RESTClient().Get().AbsPath("/readyz").Do(ctx).StatusCode(&status)
+		last = res.Error()
+		return last == nil && status == http.StatusOK, nil
+	})
+	if err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("kube-apiserver not ready after %s (last check: %v)", timeout, last)
+	}
+	return nil
+}
+
+func nonEmpty(s ...string) []string {
+	var out []string
+	for _, v := range s {
+		if v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+func bindIPs(bind string) []net.IP {
+	ip := net.ParseIP(bind)
+	if ip == nil || ip.IsUnspecified() {
+		return nil
+	}
+	return []net.IP{ip}
+}
+
+// clientHost is where local clients reach the apiserver.
+func clientHost(bind string) string {
+	ip := net.ParseIP(bind)
+	if ip == nil || ip.IsUnspecified() {
+		return "127.0.0.1"
+	}
+	return ip.String()
+}
+
+func firstServiceIP(cidr string) (net.IP, error) {
+	_, n, err := net.ParseCIDR(cidr)
+	if err != nil {
+		return nil, fmt.Errorf("service CIDR %q: %w", cidr, err)
+	}
+	ip := make(net.IP, len(n.IP))
+	copy(ip, n.IP)
+	ip[len(ip)-1]++
+	return ip, nil
+}
+
+// checkPortFree turns "address already in use" into an early, readable error.
+func checkPortFree(bind string, port int) error {
+	addr := net.JoinHostPort(bind, strconv.Itoa(port))
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("cannot listen on %s: %w; stop what uses the port or pick another with --https-listen-port", addr, err)
+	}
+	return l.Close()
+}
+
+// advertiseAddress picks the address published in the kubernetes service
+// endpoints, as upstream would; a host without a usable interface gets the
+// loopback address, which upstream only accepts without endpoint reconciling.
+func advertiseAddress(bind string) (string, bool) {
+	ip, err := utilnet.ResolveBindAddress(net.ParseIP(bind))
+	if err != nil || ip.IsLoopback() {
+		return "127.0.0.1", false
+	}
+	return ip.String(), true
+}
