@@ -20,8 +20,10 @@ import (
 )
 
 // StorageWrapper replaces a REST options getter; harikube uses it to put its
-// selector-pushdown storage below the watch cache.
-type StorageWrapper func(generic.RESTOptionsGetter) generic.RESTOptionsGetter
+// selector-pushdown storage below the watch cache. customResources is true
+// for the getter of custom resources, whose requests carry no example object
+// to tell them apart.
+type StorageWrapper func(getter generic.RESTOptionsGetter, customResources bool) generic.RESTOptionsGetter
 
 // Server is a kube-apiserver that is built and listening but not serving yet.
 type Server struct {
@@ -77,10 +79,10 @@ func New(ctx context.Context, args []string, wrap StorageWrapper) (*Server, erro
 	if wrap != nil {
 		// Nothing reads these getters before CreateServerChain, so replacing
 		// them here reaches every store the chain builds.
-		cfg.KubeAPIs.ControlPlane.Generic.RESTOptionsGetter = wrap(cfg.KubeAPIs.ControlPlane.Generic.RESTOptionsGetter)
-		cfg.ApiExtensions.GenericConfig.RESTOptionsGetter = wrap(cfg.ApiExtensions.GenericConfig.RESTOptionsGetter)
-		cfg.ApiExtensions.ExtraConfig.CRDRESTOptionsGetter = wrap(cfg.ApiExtensions.ExtraConfig.CRDRESTOptionsGetter)
-		cfg.Aggregator.GenericConfig.RESTOptionsGetter = wrap(cfg.Aggregator.GenericConfig.RESTOptionsGetter)
+		cfg.KubeAPIs.ControlPlane.Generic.RESTOptionsGetter = wrap(cfg.KubeAPIs.ControlPlane.Generic.RESTOptionsGetter, false)
+		cfg.ApiExtensions.GenericConfig.RESTOptionsGetter = wrap(cfg.ApiExtensions.GenericConfig.RESTOptionsGetter, false)
+		cfg.ApiExtensions.ExtraConfig.CRDRESTOptionsGetter = wrap(cfg.ApiExtensions.ExtraConfig.CRDRESTOptionsGetter, true)
+		cfg.Aggregator.GenericConfig.RESTOptionsGetter = wrap(cfg.Aggregator.GenericConfig.RESTOptionsGetter, false)
 	}
 	cc, err := cfg.Complete()
 	if err != nil {

@@ -15,7 +15,6 @@ import (
 	"sync"
 
 	"k8s.io/apimachinery/pkg/api/meta"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -52,16 +51,17 @@ type Options struct {
 }
 
 // Wrapper returns the function that wraps the apiserver's REST options
-// getters.
-func Wrapper(opts Options) func(generic.RESTOptionsGetter) generic.RESTOptionsGetter {
-	return func(inner generic.RESTOptionsGetter) generic.RESTOptionsGetter {
-		return &getter{inner: inner, opts: opts}
+// getters; customResources marks the getter of custom resources.
+func Wrapper(opts Options) func(inner generic.RESTOptionsGetter, customResources bool) generic.RESTOptionsGetter {
+	return func(inner generic.RESTOptionsGetter, customResources bool) generic.RESTOptionsGetter {
+		return &getter{inner: inner, opts: opts, customResources: customResources}
 	}
 }
 
 type getter struct {
-	inner generic.RESTOptionsGetter
-	opts  Options
+	inner           generic.RESTOptionsGetter
+	opts            Options
+	customResources bool
 }
 
 var undecorated = reflect.ValueOf(generic.UndecoratedStorage).Pointer()
@@ -72,7 +72,7 @@ func (g *getter) GetRESTOptions(resource schema.GroupResource, example runtime.O
 		return ro, err
 	}
 	cached := ro.Decorator != nil && reflect.ValueOf(ro.Decorator).Pointer() != undecorated
-	if _, custom := example.(*unstructured.Unstructured); custom && cached && !g.opts.CacheCustomResources && !g.explicitlyCached(resource) {
+	if g.customResources && cached && !g.opts.CacheCustomResources && !g.explicitlyCached(resource) {
 		cached = false
 	}
 	ro.Decorator = g.decorator(cached)
