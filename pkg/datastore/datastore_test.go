@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -363,5 +364,45 @@ func TestWatchFilter(t *testing.T) {
 	want := []string{"PUT " + prefix + "ns/a prev", "PUT " + prefix + "ns/b prev", "DELETE " + prefix + "ns/b prev", "PUT " + prefix + "ns/z"}
 	if !equal(got, want) {
 		t.Fatalf("got %v, want %v", got, want)
+	}
+}
+
+// The offline check finds an index that disagrees with the data.
+func TestCheckFindsDisagreements(t *testing.T) {
+	dir := t.TempDir()
+	e := start(t, dir, nil)
+	put(t, e.client, prefix+"ns/a", object("a", map[string]string{"app": "web"}, ""))
+	put(t, e.client, prefix+"ns/b", object("b", map[string]string{"app": "db"}, ""))
+	e.stop()
+	path := DatabasePath(dir)
+	report, err := CheckSQLite(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(report.Problems) != 0 || report.Rows < 2 {
+		t.Fatalf("clean database: %+v", report)
+	}
+
+	db := openDB(t, dir)
+	for _, stmt := range []string{
+		"UPDATE " + selectorsql.IndexTable + " SET value = 'tampered' WHERE kind = 'l' AND key = '" + prefix + "ns/a'",
+		"DELETE FROM " + selectorsql.RowsTable + " WHERE id = (SELECT MAX(id) FROM kine WHERE name = '" + prefix + "ns/b')",
+		"INSERT INTO " + selectorsql.IndexTable + " (id, kind, name, value, key) VALUES (999999, 'l', 'x', 'y', 'z')",
+	} {
+		if _, err := db.Exec(stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	db.Close()
+	report, err = CheckSQLite(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	report.Write(&out)
+	for _, want := range []string{"revision 999999: index entry without data row", "ns/b): no index entry", "labels map[app:web] in the value, map[app:tampered] in the index"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, out.String())
+		}
 	}
 }

@@ -29,6 +29,16 @@ func prepareDataDir(dir string) error {
 
 type dirLock struct{ f *os.File }
 
+// LockDataDir takes the data directory's lock for an offline tool (such as
+// the datastore check) and returns its release function.
+func LockDataDir(dir string) (func(), error) {
+	l, err := lockDataDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	return l.release, nil
+}
+
 // lockDataDir takes an exclusive lock for the server's lifetime, so a second
 // server cannot share (and corrupt) the database or replace the socket. The
 // kernel drops the lock when the process dies, even on SIGKILL.
