@@ -3,12 +3,13 @@ package server
 import (
 	"net"
 	"strconv"
+	"strings"
 
 	"github.com/harikube/harikube/pkg/pki"
 )
 
 // apiServerArgs are the kube-apiserver flags harikube sets; user flags
-// (--kube-apiserver-arg) come after them and win.
+// (--kube-apiserver-arg) replace those of the same name (withUserArgs).
 func apiServerArgs(cfg Config, b *pki.Bundle, etcd string, serviceIP net.IP) []string {
 	args := []string{
 		"--etcd-servers=" + etcd,
@@ -60,4 +61,28 @@ func controllerManagerArgs(cfg Config, b *pki.Bundle, kubeconfig string) []strin
 		"--service-cluster-ip-range=" + cfg.ServiceCIDR,
 		"--cluster-name=harikube",
 	}
+}
+
+// withUserArgs appends the user's flags to harikube's own, first dropping
+// each of harikube's flags that the user sets: list flags such as
+// --etcd-servers would otherwise append to harikube's value instead of
+// replacing it.
+func withUserArgs(own, user []string) []string {
+	set := map[string]bool{}
+	for _, a := range user {
+		set[flagName(a)] = true
+	}
+	out := make([]string, 0, len(own)+len(user))
+	for _, a := range own {
+		if !set[flagName(a)] {
+			out = append(out, a)
+		}
+	}
+	return append(out, user...)
+}
+
+// flagName is the name of a "--name=value" argument.
+func flagName(arg string) string {
+	name, _, _ := strings.Cut(strings.TrimLeft(arg, "-"), "=")
+	return name
 }

@@ -124,7 +124,7 @@ func Run(ctx context.Context, cfg Config) error {
 	} else {
 		wrap = pushdown.Wrapper(pushdown.Options{CacheCustomResources: cfg.CacheCustomResources})
 	}
-	args := append(apiServerArgs(cfg, bundle, ds.Endpoint, serviceIP), cfg.APIServerArgs...)
+	args := withUserArgs(apiServerArgs(cfg, bundle, ds.Endpoint, serviceIP), cfg.APIServerArgs)
 	api, err := apiserver.New(apiCtx, args, wrap)
 	if err != nil {
 		return err
@@ -150,7 +150,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	cmCtx, stopCM := context.WithCancel(context.Background())
 	defer stopCM()
-	cm, err := controllermanager.New(cmCtx, append(controllerManagerArgs(cfg, bundle, controllerKubeconfig), cfg.ControllerManagerArgs...))
+	cm, err := controllermanager.New(cmCtx, withUserArgs(controllerManagerArgs(cfg, bundle, controllerKubeconfig), cfg.ControllerManagerArgs))
 	if err != nil {
 		_ = stopAPIAndWait()
 		return err
