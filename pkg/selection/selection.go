@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"unicode/utf8"
 
 	"google.golang.org/grpc/metadata"
 	"k8s.io/apimachinery/pkg/fields"
@@ -44,24 +45,43 @@ type Selection struct {
 // Empty reports whether the selection restricts nothing.
 func (s Selection) Empty() bool { return len(s.Labels) == 0 && len(s.Fields) == 0 }
 
-// FromSelectors converts upstream selectors. Selectors that cannot be
-// expressed as requirements (labels.Nothing) are dropped: the datastore then
-// returns a superset, which the apiserver filters again.
+// FromSelectors converts upstream selectors. What cannot be carried exactly
+// is dropped — selectors that are not requirements (labels.Nothing), and
+// requirements with strings that are not valid UTF-8, which JSON would
+// alter: the datastore then returns a superset, which the apiserver filters
+// again.
 func FromSelectors(l labels.Selector, f fields.Selector) Selection {
 	var s Selection
 	if l != nil {
 		if reqs, selectable := l.Requirements(); selectable {
 			for _, r := range reqs {
-				s.Labels = append(s.Labels, Requirement{Key: r.Key(), Operator: r.Operator(), Values: r.ValuesUnsorted()})
+				if req := (Requirement{Key: r.Key(), Operator: r.Operator(), Values: r.ValuesUnsorted()}); req.exact() {
+					s.Labels = append(s.Labels, req)
+				}
 			}
 		}
 	}
 	if f != nil {
 		for _, r := range f.Requirements() {
-			s.Fields = append(s.Fields, Requirement{Key: r.Field, Operator: r.Operator, Values: []string{r.Value}})
+			if req := (Requirement{Key: r.Field, Operator: r.Operator, Values: []string{r.Value}}); req.exact() {
+				s.Fields = append(s.Fields, req)
+			}
 		}
 	}
 	return s
+}
+
+// exact reports whether the requirement survives JSON unchanged.
+func (r Requirement) exact() bool {
+	if !utf8.ValidString(r.Key) {
+		return false
+	}
+	for _, v := range r.Values {
+		if !utf8.ValidString(v) {
+			return false
+		}
+	}
+	return true
 }
 
 // Encode returns the wire form of s.
