@@ -37,6 +37,7 @@ func newServerCommand() *cobra.Command {
 	f.BoolVar(&cfg.CacheCustomResources, "watch-cache-custom-resources", false, "keep the apiserver watch cache for custom resources (upstream default); by default they are served from the datastore with pushdown")
 	f.StringArrayVar(&apiArgs, "kube-apiserver-arg", nil, "extra flag for kube-apiserver, as name=value (repeatable)")
 	f.StringArrayVar(&cmArgs, "kube-controller-manager-arg", nil, "extra flag for kube-controller-manager, as name=value (repeatable)")
+	f.BoolVar(&cfg.SecretsEncryption, "secrets-encryption", false, "encrypt Secrets at rest (key kept in <data-dir>/cred); selector lists on Secrets stay correct, their values are just not indexed")
 	f.BoolVar(&debug, "debug", false, "debug logging")
 	f.BoolVar(&cfg.UnindexedDatastore, "unindexed-datastore", false, "use Kine's stock SQLite driver without indexes (benchmark baseline)")
 	_ = f.MarkHidden("unindexed-datastore")

@@ -42,7 +42,10 @@ type Config struct {
 	SelectorPushdown     bool
 	CacheCustomResources bool
 	// UnindexedDatastore runs Kine's stock SQLite driver (benchmark baseline).
-	UnindexedDatastore    bool
+	UnindexedDatastore bool
+	// SecretsEncryption encrypts Secrets at rest with a key kept in the
+	// data directory.
+	SecretsEncryption     bool
 	APIServerArgs         []string
 	ControllerManagerArgs []string
 	// ReadyTimeout bounds the wait for the apiserver's /readyz.
@@ -124,7 +127,15 @@ func Run(ctx context.Context, cfg Config) error {
 	} else {
 		wrap = pushdown.Wrapper(pushdown.Options{CacheCustomResources: cfg.CacheCustomResources})
 	}
-	args := withUserArgs(apiServerArgs(cfg, bundle, ds.Endpoint, serviceIP), cfg.APIServerArgs)
+	own := apiServerArgs(cfg, bundle, ds.Endpoint, serviceIP)
+	if cfg.SecretsEncryption {
+		path, err := encryptionConfig(cfg.DataDir)
+		if err != nil {
+			return err
+		}
+		own = append(own, "--encryption-provider-config="+path)
+	}
+	args := withUserArgs(own, cfg.APIServerArgs)
 	api, err := apiserver.New(apiCtx, args, wrap)
 	if err != nil {
 		return err
