@@ -153,7 +153,15 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	if err := waitReady(ctx, client, cfg.ReadyTimeout, apiDone); err != nil {
-		_ = stopAPIAndWait()
+		apiErr := stopAPIAndWait()
+		if ctx.Err() != nil {
+			// Asked to stop while starting: a clean stop.
+			logrus.Info("Stopped before becoming ready")
+			return nil
+		}
+		if apiErr != nil {
+			logrus.Debugf("kube-apiserver shutdown: %v", apiErr)
+		}
 		return err
 	}
 	logrus.Infof("API server: %s", apiURL)
