@@ -113,13 +113,16 @@ func Start(ctx context.Context, opts Options) (*Datastore, error) {
 	switch scheme {
 	case "sqlite":
 		if !opts.Unindexed {
-			id := strconv.FormatInt(lastInstance.Add(1), 10)
-			instances.Store(id, opts.Registry)
-			dsn = addParam(dsn, instanceParam, id)
+			dsn = withInstance(dsn, opts.Registry)
 			scheme = schemeSQLite
 		}
+	case "postgres", "postgresql":
+		if !opts.Unindexed {
+			dsn = withInstance(dsn, opts.Registry)
+			scheme = schemePostgres
+		}
 	default:
-		return nil, fmt.Errorf("datastore endpoint scheme %q is not supported: use sqlite://<path>", scheme)
+		return nil, fmt.Errorf("datastore endpoint scheme %q is not supported: use sqlite://<path> or postgres://<user>:<password>@<host>/<database>", scheme)
 	}
 	if err := registerMetrics(opts.MetricsRegisterer); err != nil {
 		return nil, fmt.Errorf("register datastore metrics: %w", err)
@@ -154,6 +157,14 @@ func prepareSQLiteFile(path string) error {
 		return fmt.Errorf("restrict database %s: %w", path, err)
 	}
 	return nil
+}
+
+// withInstance tags dsn with a new instance id naming registry, for the
+// driver constructor to find.
+func withInstance(dsn string, registry *index.Registry) string {
+	id := strconv.FormatInt(lastInstance.Add(1), 10)
+	instances.Store(id, registry)
+	return addParam(dsn, instanceParam, id)
 }
 
 func addParam(dsn, key, value string) string {

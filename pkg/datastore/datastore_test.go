@@ -6,11 +6,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	_ "github.com/jackc/pgx/v5/stdlib"
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"k8s.io/apimachinery/pkg/fields"
@@ -20,6 +20,7 @@ import (
 	"github.com/harikube/harikube/pkg/index"
 	"github.com/harikube/harikube/pkg/selection"
 	"github.com/harikube/harikube/pkg/selectorsql"
+	"github.com/harikube/harikube/tests/pgserver"
 )
 
 func TestMain(m *testing.M) {
@@ -35,11 +36,43 @@ type env struct {
 	stop   func()
 }
 
-// start runs a datastore in dir; registry may be nil.
-func start(t *testing.T, dir string, registry *index.Registry) *env {
+// store names one database the tests run against: SQLite in a directory,
+// or a PostgreSQL database.
+type store struct {
+	dir      string
+	endpoint string // "" for SQLite in dir
+}
+
+func (s store) sql(t *testing.T) *sql.DB {
 	t.Helper()
+	driver, dsn := "sqlite", "file://"+DatabasePath(s.dir)
+	if s.endpoint != "" {
+		driver, dsn = "pgx", s.endpoint
+	}
+	db, err := sql.Open(driver, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// forEachStore runs a test against SQLite and against a private PostgreSQL
+// (skipped when PostgreSQL is not installed).
+func forEachStore(t *testing.T, test func(t *testing.T, s store)) {
+	t.Run("sqlite", func(t *testing.T) { test(t, store{dir: t.TempDir()}) })
+	t.Run("postgres", func(t *testing.T) {
+		pg := pgserver.Start(t)
+		test(t, store{dir: t.TempDir(), endpoint: pg.DSN()})
+	})
+}
+
+// start runs a datastore on s; registry may be nil.
+func start(t *testing.T, s store, registry *index.Registry) *env {
+	t.Helper()
+	dir := s.dir
 	ctx, cancel := context.WithCancel(context.Background())
-	ds, err := Start(ctx, Options{DataDir: dir, Registry: registry, KineArgs: []string{"--compact-min-retain=0"}})
+	ds, err := Start(ctx, Options{DataDir: dir, Endpoint: s.endpoint, Registry: registry, KineArgs: []string{"--compact-min-retain=0"}})
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -167,9 +200,13 @@ func equal(a, b []string) bool {
 }
 
 func TestFilteredListCountAndRevisions(t *testing.T) {
+	forEachStore(t, testFilteredListCountAndRevisions)
+}
+
+func testFilteredListCountAndRevisions(t *testing.T, s store) {
 	registry := index.NewRegistry()
 	registry.Register(widgets("spec.color"))
-	e := start(t, t.TempDir(), registry)
+	e := start(t, s, registry)
 	c := e.client
 	put(t, c, prefix+"ns/a", object("a", map[string]string{"app": "web", "tier": "1"}, "red"))
 	put(t, c, prefix+"ns/b", object("b", map[string]string{"app": "db"}, "blue"))
@@ -217,7 +254,11 @@ func TestFilteredListCountAndRevisions(t *testing.T) {
 
 // A value that cannot be decoded is stored, served and always a candidate.
 func TestUndecodableValuesAreCandidates(t *testing.T) {
-	e := start(t, t.TempDir(), nil)
+	forEachStore(t, testUndecodableValuesAreCandidates)
+}
+
+func testUndecodableValuesAreCandidates(t *testing.T, s store) {
+	e := start(t, s, nil)
 	put(t, e.client, prefix+"ns/enc", "k8s:enc:aescbc:v1:key1:\x00\x01garbage")
 	put(t, e.client, prefix+"ns/plain", object("plain", map[string]string{"app": "db"}, ""))
 	keys, _ := list(t, e.client, selected(t, "app=web", ""))
@@ -228,16 +269,6 @@ func TestUndecodableValuesAreCandidates(t *testing.T) {
 	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "k8s:enc:aescbc:v1:key1:\x00\x01garbage" {
 		t.Fatalf("undecodable value not served intact: %v %v", resp, err)
 	}
-}
-
-func openDB(t *testing.T, dir string) *sql.DB {
-	t.Helper()
-	db, err := sql.Open("sqlite", "file://"+filepath.Join(dir, "db", "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	return db
 }
 
 func scalar(t *testing.T, db *sql.DB, q string, args ...any) int64 {
@@ -251,10 +282,11 @@ func scalar(t *testing.T, db *sql.DB, q string, args ...any) int64 {
 
 // Rows written before the index existed (by stock Kine) are indexed at
 // start, so index-driven reads find them.
-func TestBackfillOfUnindexedRows(t *testing.T) {
-	dir := t.TempDir()
+func TestBackfillOfUnindexedRows(t *testing.T) { forEachStore(t, testBackfillOfUnindexedRows) }
+
+func testBackfillOfUnindexedRows(t *testing.T, s store) {
 	ctx, cancel := context.WithCancel(context.Background())
-	ds, err := Start(ctx, Options{DataDir: dir, Unindexed: true})
+	ds, err := Start(ctx, Options{DataDir: s.dir, Endpoint: s.endpoint, Unindexed: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +299,7 @@ func TestBackfillOfUnindexedRows(t *testing.T) {
 	cancel()
 	ds.Wait()
 
-	e := start(t, dir, nil)
+	e := start(t, s, nil)
 	keys, _ := list(t, e.client, selected(t, "app=web", ""))
 	if !equal(keys, []string{prefix + "ns/old"}) {
 		t.Fatalf("got %v after backfill", keys)
@@ -277,14 +309,17 @@ func TestBackfillOfUnindexedRows(t *testing.T) {
 // A field the rows were not indexed with is not filtered in SQL until the
 // rows are re-indexed.
 func TestNewFieldIsFilteredOnlyAfterReindex(t *testing.T) {
-	dir := t.TempDir()
-	e := start(t, dir, nil) // generic extraction: no spec.color
+	forEachStore(t, testNewFieldIsFilteredOnlyAfterReindex)
+}
+
+func testNewFieldIsFilteredOnlyAfterReindex(t *testing.T, s store) {
+	e := start(t, s, nil) // generic extraction: no spec.color
 	put(t, e.client, prefix+"ns/a", object("a", nil, "red"))
 	put(t, e.client, prefix+"ns/b", object("b", nil, "blue"))
 	e.stop()
 
 	registry := index.NewRegistry()
-	e = start(t, dir, registry)
+	e = start(t, s, registry)
 	registry.Register(widgets("spec.color"))
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -305,9 +340,10 @@ func TestNewFieldIsFilteredOnlyAfterReindex(t *testing.T) {
 }
 
 // Compaction removes the index rows of the rows it removes.
-func TestCompactionRemovesIndexRows(t *testing.T) {
-	dir := t.TempDir()
-	e := start(t, dir, nil)
+func TestCompactionRemovesIndexRows(t *testing.T) { forEachStore(t, testCompactionRemovesIndexRows) }
+
+func testCompactionRemovesIndexRows(t *testing.T, s store) {
+	e := start(t, s, nil)
 	for i := 0; i < 20; i++ {
 		put(t, e.client, prefix+"ns/a", object("a", map[string]string{"n": fmt.Sprint(i)}, ""))
 	}
@@ -318,9 +354,9 @@ func TestCompactionRemovesIndexRows(t *testing.T) {
 	if _, err := e.client.Compact(context.Background(), resp.Header.Revision); err != nil {
 		t.Fatal(err)
 	}
-	db := openDB(t, dir)
+	db := s.sql(t)
 	orphans := scalar(t, db, "SELECT COUNT(*) FROM "+selectorsql.IndexTable+" i WHERE NOT EXISTS (SELECT 1 FROM kine k WHERE k.id = i.id)")
-	rows := scalar(t, db, "SELECT COUNT(*) FROM "+selectorsql.IndexTable+" WHERE key = ?", prefix+"ns/a")
+	rows := scalar(t, db, "SELECT COUNT(*) FROM "+selectorsql.IndexTable+" WHERE key = '"+prefix+"ns/a'")
 	if orphans != 0 || rows > 2*2 {
 		t.Fatalf("after compaction: %d orphan index rows, %d index rows for the key", orphans, rows)
 	}
@@ -332,8 +368,10 @@ func TestCompactionRemovesIndexRows(t *testing.T) {
 
 // A watch with a selection receives an event when the new or the previous
 // value matches, with the previous value, and nothing else.
-func TestWatchFilter(t *testing.T) {
-	e := start(t, t.TempDir(), nil)
+func TestWatchFilter(t *testing.T) { forEachStore(t, testWatchFilter) }
+
+func testWatchFilter(t *testing.T, s store) {
+	e := start(t, s, nil)
 	put(t, e.client, prefix+"ns/a", object("a", map[string]string{"app": "web"}, ""))
 	start, _ := e.client.Get(context.Background(), prefix+"ns/a")
 	ctx, cancel := context.WithTimeout(selected(t, "app=web", ""), 20*time.Second)
@@ -370,7 +408,7 @@ func TestWatchFilter(t *testing.T) {
 // The offline check finds an index that disagrees with the data.
 func TestCheckFindsDisagreements(t *testing.T) {
 	dir := t.TempDir()
-	e := start(t, dir, nil)
+	e := start(t, store{dir: dir}, nil)
 	put(t, e.client, prefix+"ns/a", object("a", map[string]string{"app": "web"}, ""))
 	put(t, e.client, prefix+"ns/b", object("b", map[string]string{"app": "db"}, ""))
 	e.stop()
@@ -383,7 +421,7 @@ func TestCheckFindsDisagreements(t *testing.T) {
 		t.Fatalf("clean database: %+v", report)
 	}
 
-	db := openDB(t, dir)
+	db := store{dir: dir}.sql(t)
 	for _, stmt := range []string{
 		"UPDATE " + selectorsql.IndexTable + " SET value = 'tampered' WHERE kind = 'l' AND key = '" + prefix + "ns/a'",
 		"DELETE FROM " + selectorsql.RowsTable + " WHERE id = (SELECT MAX(id) FROM kine WHERE name = '" + prefix + "ns/b')",

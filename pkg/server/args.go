@@ -19,7 +19,6 @@ func apiServerArgs(cfg Config, b *pki.Bundle, etcd string, serviceIP net.IP) []s
 		"--tls-private-key-file=" + b.ServingKey,
 		"--client-ca-file=" + b.ClientCA,
 		"--authorization-mode=Node,RBAC",
-		"--anonymous-auth=true",
 		"--enable-bootstrap-token-auth=true",
 		"--allow-privileged=true",
 		"--profiling=false",

@@ -128,6 +128,11 @@ func Run(ctx context.Context, cfg Config) error {
 		wrap = pushdown.Wrapper(pushdown.Options{CacheCustomResources: cfg.CacheCustomResources})
 	}
 	own := apiServerArgs(cfg, bundle, ds.Endpoint, serviceIP)
+	authArgs, err := authenticationArgs(cfg.DataDir, cfg.APIServerArgs)
+	if err != nil {
+		return err
+	}
+	own = append(own, authArgs...)
 	if cfg.SecretsEncryption {
 		path, err := encryptionConfig(cfg.DataDir)
 		if err != nil {
