@@ -27,6 +27,7 @@ import (
 
 	"github.com/harikube/harikube/pkg/datastore"
 	"github.com/harikube/harikube/pkg/index"
+	"github.com/harikube/harikube/tests/pgserver"
 )
 
 var (
@@ -75,9 +76,19 @@ type fixture struct {
 	transformer *countingTransformer
 }
 
-// newFixture runs the harikube datastore in a temp dir and returns the
-// upstream etcd3 store over it, wrapped by the pushdown storage.
-func newFixture(t *testing.T) *fixture {
+// datastores are the databases the suite runs against: SQLite, and a
+// private PostgreSQL (skipped when it is not installed).
+// Each returns a source of fresh endpoints: one PostgreSQL server serves
+// every test of a run, each test in a database of its own.
+var datastores = map[string]func(t *testing.T) func() string{
+	"sqlite":   func(*testing.T) func() string { return func() string { return "" } },
+	"postgres": func(t *testing.T) func() string { return pgserver.Start(t).DSN },
+}
+
+// newFixture runs the harikube datastore on endpoint (SQLite in a temp dir
+// when empty) and returns the upstream etcd3 store over it, wrapped by the
+// pushdown storage.
+func newFixture(t *testing.T, endpoint string) *fixture {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	registry := index.NewRegistry()
@@ -94,7 +105,7 @@ func newFixture(t *testing.T) *fixture {
 			return podAttrs(obj)
 		},
 	})
-	ds, err := datastore.Start(ctx, datastore.Options{DataDir: t.TempDir(), Registry: registry, KineArgs: []string{"--compact-min-retain=0"}})
+	ds, err := datastore.Start(ctx, datastore.Options{DataDir: t.TempDir(), Endpoint: endpoint, Registry: registry, KineArgs: []string{"--compact-min-retain=0"}})
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -227,10 +238,14 @@ func TestStorageConformance(t *testing.T) {
 			storagetesting.RunTestWatchDeleteEventObjectHaveLatestRV(ctx, t, f.store)
 		},
 	}
-	for name, run := range tests {
-		t.Run(name, func(t *testing.T) {
-			f := newFixture(t)
-			run(context.Background(), t, f)
+	for store, endpoints := range datastores {
+		t.Run(store, func(t *testing.T) {
+			endpoint := endpoints(t)
+			for name, run := range tests {
+				t.Run(name, func(t *testing.T) {
+					run(context.Background(), t, newFixture(t, endpoint()))
+				})
+			}
 		})
 	}
 }
@@ -238,7 +253,12 @@ func TestStorageConformance(t *testing.T) {
 // TestFilteredListEndsAtLastMatch: a limited, filtered list returns all
 // matches and, when none is left, no continue token.
 func TestFilteredListEndsAtLastMatch(t *testing.T) {
-	f := newFixture(t)
+	for store, endpoint := range datastores {
+		t.Run(store, func(t *testing.T) { testFilteredListEndsAtLastMatch(t, newFixture(t, endpoint(t)())) })
+	}
+}
+
+func testFilteredListEndsAtLastMatch(t *testing.T, f *fixture) {
 	ctx := context.Background()
 	for _, name := range []string{"a", "b", "c", "d"} {
 		pod := &example.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns", Labels: map[string]string{"keep": map[bool]string{true: "yes", false: "no"}[name == "b" || name == "d"]}}}
