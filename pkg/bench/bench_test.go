@@ -1,0 +1,134 @@
+package bench
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestWorkloadsMatchTheirShare(t *testing.T) {
+	want := map[string]int{
+		"label-1": 1, "label-1-paged": 1, "label-0.1%": 10, "label-0.1%-paged": 10,
+		"label-10%": 1000, "label-10%-paged": 1000, "field-1": 1, "field-1-paged": 1, "all-paged": 10000,
+	}
+	ws := Workloads()
+	if len(ws) != len(want) {
+		t.Fatalf("%d workloads, want %d", len(ws), len(want))
+	}
+	for _, w := range ws {
+		got := w.Expected(10000)
+		if len(got) != want[w.Key] {
+			t.Errorf("%s: %d expected objects at N=10000, want %d", w.Key, len(got), want[w.Key])
+		}
+		if (w.Limit != 0) != strings.HasSuffix(w.Key, "-paged") {
+			t.Errorf("%s: limit %d", w.Key, w.Limit)
+		}
+	}
+}
+
+func TestWidgetIsAboutOneKiB(t *testing.T) {
+	obj := widget(12345)
+	data, err := obj.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(data) < 1024 || len(data) > 1400 {
+		t.Errorf("widget is %d bytes of JSON, want about 1 KiB", len(data))
+	}
+	labels := obj.GetLabels()
+	if labels["id"] != "12345" || labels["permille"] != "345" || labels["decile"] != "5" {
+		t.Errorf("labels %v", labels)
+	}
+	if widgetName(7) >= widgetName(10) {
+		t.Errorf("names do not sort in seeding order: %s >= %s", widgetName(7), widgetName(10))
+	}
+}
+
+func TestCheckNames(t *testing.T) {
+	want := []string{"a", "b", "c"}
+	if err := checkNames([]string{"c", "a", "b"}, want); err != nil {
+		t.Errorf("same names in another order: %v", err)
+	}
+	for _, got := range [][]string{{"a", "b"}, {"a", "b", "c", "d"}, {"a", "b", "x"}, {"a", "b", "b"}} {
+		if err := checkNames(got, want); err == nil {
+			t.Errorf("%v accepted for %v", got, want)
+		}
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	var samples []time.Duration
+	for i := 1; i <= 20; i++ {
+		samples = append(samples, time.Duration(i)*time.Millisecond)
+	}
+	l := summarize(samples)
+	if l.P50Ms != 10 || l.P95Ms != 19 || l.Samples != 20 {
+		t.Errorf("summarize 1..20 ms = %+v, want p50 10, p95 19", l)
+	}
+	if got := summarize([]time.Duration{3 * time.Millisecond}); got.P50Ms != 3 || got.P95Ms != 3 {
+		t.Errorf("one sample: %+v", got)
+	}
+}
+
+func TestParseModes(t *testing.T) {
+	ms, err := ParseModes("etcd,harikube")
+	if err != nil || len(ms) != 2 || ms[0].Name != "etcd" || !ms[0].Etcd || ms[1].Name != "harikube" {
+		t.Errorf("ParseModes(etcd,harikube) = %v, %v", ModeNames(ms), err)
+	}
+	if ms, err := ParseModes("all"); err != nil || len(ms) != len(Modes) {
+		t.Errorf("ParseModes(all) = %v, %v", ModeNames(ms), err)
+	}
+	for _, bad := range []string{"nosuch", "harikube,harikube", "harikube,"} {
+		if _, err := ParseModes(bad); err == nil {
+			t.Errorf("ParseModes(%q) accepted", bad)
+		}
+	}
+}
+
+// fakeResult has every workload at the given p50 (p95 twice that).
+func fakeResult(mode string, n int, p50 float64, creates float64, rss int64) Result {
+	res := Result{Mode: mode, N: n, Create: Throughput{PerSecond: creates}, ServerPeakRSSBytes: rss}
+	for _, w := range Workloads() {
+		res.Lists = append(res.Lists, ListResult{Workload: w.Key, Latency: Latency{Samples: 1, P50Ms: p50, P95Ms: 2 * p50}})
+	}
+	return res
+}
+
+func TestTargetsAndTable(t *testing.T) {
+	r := &Report{Sizes: []int{1000, 100000}, Workers: 16}
+	for _, name := range []string{"harikube", "no-pushdown", "kine-stock"} {
+		m, _ := modeByName(name)
+		r.Modes = append(r.Modes, ModeInfo{Name: m.Name})
+	}
+	r.Results = []Result{
+		fakeResult("harikube", 1000, 2, 900, 300<<20),
+		fakeResult("no-pushdown", 1000, 20, 900, 300<<20),
+		fakeResult("kine-stock", 1000, 20, 1000, 300<<20),
+		fakeResult("harikube", 100000, 3, 850, 500<<20),
+		fakeResult("no-pushdown", 100000, 600, 800, 900<<20),
+		fakeResult("kine-stock", 100000, 700, 1000, 900<<20),
+	}
+	r.Targets = evaluateTargets(r)
+	want := []string{statusMet, statusMet, statusMissed, statusMet}
+	for i, tg := range r.Targets {
+		if tg.Status != want[i] {
+			t.Errorf("target %q: %s (%s), want %s", tg.Name, tg.Status, tg.Detail, want[i])
+		}
+	}
+	var out bytes.Buffer
+	r.WriteText(&out)
+	for _, s := range []string{"N = 100000", "3.00 / 6.00", "600 / 1200 (200×)", "850", "[missed] harikube peak RSS"} {
+		if !strings.Contains(out.String(), s) {
+			t.Errorf("table lacks %q:\n%s", s, out.String())
+		}
+	}
+
+	// Without the 100k run the speedup target is not measured, whatever
+	// the ratio at the sizes that were run.
+	r.Sizes = []int{1000}
+	r.Results = r.Results[:3]
+	if tg := speedupTarget(r); tg.Status != statusMissing || !strings.Contains(tg.Detail, "N=1000") {
+		t.Errorf("speedup target at 1000 only: %+v", tg)
+	}
+}

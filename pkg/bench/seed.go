@@ -1,0 +1,145 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/dynamic"
+)
+
+// createCRD creates the widget CRD and waits until widgets can be listed.
+func createCRD(ctx context.Context, c dynamic.Interface, timeout time.Duration) error {
+	if _, err := c.Resource(crds).Create(ctx, widgetCRD(), metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create CRD %s: %w", crdName, err)
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		var last error
+		crd, err := c.Resource(crds).Get(ctx, crdName, metav1.GetOptions{})
+		if err == nil && established(crd) {
+			_, last = c.Resource(widgets).Namespace(namespace).List(ctx, metav1.ListOptions{Limit: 1})
+			if last == nil {
+				return nil
+			}
+		} else if err != nil {
+			last = err
+		} else {
+			last = fmt.Errorf("CRD %s not established", crdName)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("widgets not servable after %s: %w", timeout, last)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func established(crd *unstructured.Unstructured) bool {
+	conds, _, _ := unstructured.NestedSlice(crd.Object, "status", "conditions")
+	for _, c := range conds {
+		m, _ := c.(map[string]any)
+		if m["type"] == "Established" && m["status"] == "True" {
+			return true
+		}
+	}
+	return false
+}
+
+// Throughput is how fast the seeding clients created objects (those added
+// for this size).
+type Throughput struct {
+	Objects   int     `json:"objects"`
+	Workers   int     `json:"workers"`
+	Seconds   float64 `json:"seconds"`
+	PerSecond float64 `json:"per_second"`
+	// Retries counts creates repeated after a transient error.
+	Retries int64 `json:"retries"`
+}
+
+// seed creates widgets from..n-1 with the given number of concurrent
+// clients, showing a progress line every second.
+func seed(ctx context.Context, c dynamic.Interface, from, n, workers int, con *console) (Throughput, error) {
+	rc := c.Resource(widgets).Namespace(namespace)
+	var next, done, retries atomic.Int64
+	next.Store(int64(from))
+	done.Store(int64(from))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	start := time.Now()
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				if err := createWithRetry(ctx, rc, widget(i), &retries); err != nil {
+					errs <- fmt.Errorf("create %s: %w", widgetName(i), err)
+					cancel()
+					return
+				}
+				done.Add(1)
+			}
+		}()
+	}
+	stopProgress := con.progress(func() string {
+		d := done.Load()
+		return fmt.Sprintf("seeding %d/%d (%.0f/s)", d, n, float64(d-int64(from))/time.Since(start).Seconds())
+	})
+	wg.Wait()
+	elapsed := time.Since(start)
+	stopProgress()
+	close(errs)
+	if err := <-errs; err != nil {
+		return Throughput{}, err
+	}
+	t := Throughput{Objects: n - from, Workers: workers, Seconds: elapsed.Seconds(), PerSecond: float64(n-from) / elapsed.Seconds(), Retries: retries.Load()}
+	con.printf("seeded %d objects (%d→%d) in %.1fs with %d clients: %.0f creates/s\n", t.Objects, from, n, t.Seconds, workers, t.PerSecond)
+	return t, nil
+}
+
+// createWithRetry repeats a create that failed transiently; an object that
+// exists after a repeated create was created by the earlier attempt.
+func createWithRetry(ctx context.Context, rc dynamic.ResourceInterface, obj *unstructured.Unstructured, retries *atomic.Int64) error {
+	const attempts = 5
+	for attempt := 0; ; attempt++ {
+		_, err := rc.Create(ctx, obj, metav1.CreateOptions{})
+		switch {
+		case err == nil:
+			return nil
+		case attempt > 0 && apierrors.IsAlreadyExists(err):
+			return nil
+		case attempt+1 == attempts || ctx.Err() != nil || !transient(err):
+			return err
+		}
+		retries.Add(1)
+		time.Sleep(time.Duration(attempt+1) * 200 * time.Millisecond)
+	}
+}
+
+func transient(err error) bool {
+	return apierrors.IsServerTimeout(err) || apierrors.IsTimeout(err) || apierrors.IsTooManyRequests(err) ||
+		apierrors.IsInternalError(err) || apierrors.IsServiceUnavailable(err) || apierrors.IsUnexpectedServerError(err) ||
+		!isStatusError(err)
+}
+
+// isStatusError tells API errors from transport errors (a reset
+// connection), which are worth repeating.
+func isStatusError(err error) bool {
+	var status apierrors.APIStatus
+	return errors.As(err, &status)
+}

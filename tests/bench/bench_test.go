@@ -1,0 +1,125 @@
+// Package bench_test runs `harikube bench` end to end, with a tiny data set,
+// against the real binary.
+package bench_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/harikube/harikube/pkg/bench"
+	"github.com/harikube/harikube/tests/testserver"
+)
+
+// TestBenchAllModes runs every mode with 50 objects and few repetitions and
+// checks the run and its JSON: every mode started, measured and stopped,
+// and every workload returned exactly the objects it should.
+func TestBenchAllModes(t *testing.T) {
+	bin := testserver.Binary(t)
+	const n = 50
+	dir := t.TempDir()
+	out := filepath.Join(dir, "results.json")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "bench", "--sizes", "50", "--modes", "all",
+		"--repeat", "2", "--budget", "1s", "--watch-samples", "2", "--workers", "4",
+		"--json", out, "--work-dir", dir)
+	var output bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &output, &output
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("harikube bench: %v\n%s", err, output.String())
+	}
+	t.Logf("harikube bench output:\n%s", output.String())
+
+	for _, m := range bench.Modes {
+		if !strings.Contains(output.String(), "["+m.Name+"] stopped cleanly") {
+			t.Errorf("output does not say that mode %s stopped cleanly", m.Name)
+		}
+	}
+	if entries, _ := filepath.Glob(filepath.Join(dir, "harikube-bench-*")); len(entries) != 0 {
+		t.Errorf("data directories left behind: %v", entries)
+	}
+
+	data, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep bench.Report
+	if err := json.Unmarshal(data, &rep); err != nil {
+		t.Fatalf("results JSON: %v\n%s", err, data)
+	}
+	if rep.Error != "" {
+		t.Errorf("report error: %s", rep.Error)
+	}
+	want := map[string]int{
+		"label-1": 1, "label-1-paged": 1, "label-0.1%": 1, "label-0.1%-paged": 1,
+		"label-10%": n / 10, "label-10%-paged": n / 10, "field-1": 1, "field-1-paged": 1, "all-paged": n,
+	}
+	if len(rep.Results) != len(bench.Modes) {
+		t.Fatalf("%d results, want one per mode (%d)", len(rep.Results), len(bench.Modes))
+	}
+	for i, res := range rep.Results {
+		if res.Mode != bench.Modes[i].Name || res.N != n {
+			t.Errorf("result %d is mode %s N=%d, want %s N=%d", i, res.Mode, res.N, bench.Modes[i].Name, n)
+		}
+		if !res.Stopped {
+			t.Errorf("%s: not stopped cleanly", res.Mode)
+		}
+		if res.Create.Objects != n || res.Create.PerSecond <= 0 {
+			t.Errorf("%s: create throughput %+v, want %d objects at a positive rate", res.Mode, res.Create, n)
+		}
+		if res.Watch.Samples != 2 || res.Watch.P50Ms <= 0 {
+			t.Errorf("%s: watch latency %+v, want 2 samples", res.Mode, res.Watch)
+		}
+		if res.ServerPeakRSSBytes <= 0 || res.DatabaseBytes <= 0 {
+			t.Errorf("%s: peak RSS %d, database %d bytes; want both positive", res.Mode, res.ServerPeakRSSBytes, res.DatabaseBytes)
+		}
+		if (res.Mode == "etcd") != (res.EtcdPeakRSSBytes > 0) {
+			t.Errorf("%s: etcd peak RSS %d", res.Mode, res.EtcdPeakRSSBytes)
+		}
+		got := map[string]bool{}
+		for _, l := range res.Lists {
+			got[l.Workload] = true
+			if w, ok := want[l.Workload]; !ok {
+				t.Errorf("%s: unexpected workload %q", res.Mode, l.Workload)
+			} else if l.Expected != w || l.Got != w {
+				t.Errorf("%s %s: expected %d, got %d objects; want %d", res.Mode, l.Workload, l.Expected, l.Got, w)
+			}
+			if l.Samples < 1 || l.Samples > 2 || len(l.SamplesMs) != l.Samples || l.P50Ms <= 0 || l.P95Ms < l.P50Ms {
+				t.Errorf("%s %s: latency %+v", res.Mode, l.Workload, l.Latency)
+			}
+		}
+		for w := range want {
+			if !got[w] {
+				t.Errorf("%s: no result for workload %s", res.Mode, w)
+			}
+		}
+	}
+	if len(rep.Targets) != 4 {
+		t.Errorf("%d targets, want 4", len(rep.Targets))
+	}
+}
+
+// TestBenchRejectsBadFlags: unknown modes and sizes are refused before any
+// server starts.
+func TestBenchRejectsBadFlags(t *testing.T) {
+	bin := testserver.Binary(t)
+	for _, args := range [][]string{
+		{"--modes", "harikube,nosuch"},
+		{"--sizes", "1000,x"},
+		{"--sizes", "5"},
+	} {
+		out, err := exec.Command(bin, append([]string{"bench", "--json", ""}, args...)...).CombinedOutput()
+		if err == nil {
+			t.Errorf("bench %v: exit 0, want an error\n%s", args, out)
+		} else if strings.Contains(string(out), "server ready") {
+			t.Errorf("bench %v started a server before failing:\n%s", args, out)
+		}
+	}
+}
