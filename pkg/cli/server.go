@@ -27,6 +27,7 @@ func newServerCommand() *cobra.Command {
 	}
 	f := c.Flags()
 	f.StringVarP(&cfg.DataDir, "data-dir", "d", defaultDataDir(), "directory for the database, socket, certificates and kubeconfig")
+	f.StringVar(&cfg.PKIDir, "pki-dir", "", "use this existing PKI directory in vCluster's /data/pki layout (client-ca, server-ca, front-proxy, apiserver, sa keys, admin.conf, controller-manager.conf) instead of generating one")
 	f.StringVar(&cfg.BindAddress, "bind-address", "0.0.0.0", "address the kube-apiserver listens on")
 	f.IntVar(&cfg.HTTPSPort, "https-listen-port", 6443, "HTTPS port of the kube-apiserver")
 	f.StringVar(&cfg.DatastoreEndpoint, "datastore-endpoint", "", "Kine datastore DSN (default: SQLite file <data-dir>/db/state.db)")

@@ -28,6 +28,7 @@ import (
 	"github.com/harikube/harikube/pkg/index"
 	"github.com/harikube/harikube/pkg/pki"
 	"github.com/harikube/harikube/pkg/pushdown"
+	"github.com/harikube/harikube/pkg/vcluster"
 )
 
 // Config is what `harikube server` is asked to run.
@@ -50,6 +51,9 @@ type Config struct {
 	ControllerManagerArgs []string
 	// ReadyTimeout bounds the wait for the apiserver's /readyz.
 	ReadyTimeout time.Duration
+	// PKIDir, when set, is an existing PKI directory in vCluster's /data/pki
+	// layout (pkg/vcluster), used instead of generating one under DataDir.
+	PKIDir string
 }
 
 // Run starts everything, reports readiness, and blocks until ctx ends; then
@@ -74,32 +78,49 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	hostname, _ := os.Hostname()
-	bundle, err := pki.Ensure(pki.Options{
-		Dir:           filepath.Join(cfg.DataDir, "tls"),
-		Hostnames:     nonEmpty(hostname),
-		IPs:           bindIPs(cfg.BindAddress),
-		ServiceIP:     serviceIP,
-		ClusterDomain: cfg.ClusterDomain,
-	})
-	if err != nil {
-		return fmt.Errorf("prepare TLS certificates: %w", err)
-	}
-
 	apiURL := "https://" + net.JoinHostPort(clientHost(cfg.BindAddress), strconv.Itoa(cfg.HTTPSPort))
 	kubeconfig := cfg.WriteKubeconfig
 	if kubeconfig == "" {
 		kubeconfig = filepath.Join(cfg.DataDir, "kubeconfig.yaml")
 	}
-	if err := pki.WriteKubeconfig(kubeconfig, apiURL, bundle.ServerCA, bundle.AdminCert, bundle.AdminKey, "admin"); err != nil {
-		return fmt.Errorf("write admin kubeconfig: %w", err)
-	}
 	controllerKubeconfig := filepath.Join(cfg.DataDir, "cred", "controller-manager.kubeconfig")
 	if err := os.MkdirAll(filepath.Dir(controllerKubeconfig), 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", filepath.Dir(controllerKubeconfig), err)
 	}
-	if err := pki.WriteKubeconfig(controllerKubeconfig, apiURL, bundle.ServerCA, bundle.ControllerManagerCert, bundle.ControllerManagerKey, "controller-manager"); err != nil {
-		return fmt.Errorf("write controller-manager kubeconfig: %w", err)
+	var bundle *pki.Bundle
+	var pkiArgs []string
+	if cfg.PKIDir != "" {
+		// vCluster's PKI: its certificates, and its kubeconfigs pointed at
+		// the address harikube listens on.
+		existing, err := vcluster.LoadPKI(cfg.PKIDir)
+		if err != nil {
+			return err
+		}
+		bundle, pkiArgs = existing.Bundle, existing.APIServerArgs()
+		if err := vcluster.RewriteKubeconfig(existing.AdminKubeconfig, kubeconfig, apiURL); err != nil {
+			return fmt.Errorf("write admin kubeconfig: %w", err)
+		}
+		if err := vcluster.RewriteKubeconfig(existing.ControllerManagerKubeconfig, controllerKubeconfig, apiURL); err != nil {
+			return fmt.Errorf("write controller-manager kubeconfig: %w", err)
+		}
+	} else {
+		hostname, _ := os.Hostname()
+		bundle, err = pki.Ensure(pki.Options{
+			Dir:           filepath.Join(cfg.DataDir, "tls"),
+			Hostnames:     nonEmpty(hostname),
+			IPs:           bindIPs(cfg.BindAddress),
+			ServiceIP:     serviceIP,
+			ClusterDomain: cfg.ClusterDomain,
+		})
+		if err != nil {
+			return fmt.Errorf("prepare TLS certificates: %w", err)
+		}
+		if err := pki.WriteKubeconfig(kubeconfig, apiURL, bundle.ServerCA, bundle.AdminCert, bundle.AdminKey, "admin"); err != nil {
+			return fmt.Errorf("write admin kubeconfig: %w", err)
+		}
+		if err := pki.WriteKubeconfig(controllerKubeconfig, apiURL, bundle.ServerCA, bundle.ControllerManagerCert, bundle.ControllerManagerKey, "controller-manager"); err != nil {
+			return fmt.Errorf("write controller-manager kubeconfig: %w", err)
+		}
 	}
 
 	registry := index.NewRegistry()
@@ -140,7 +161,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		own = append(own, "--encryption-provider-config="+path)
 	}
-	args := withUserArgs(own, cfg.APIServerArgs)
+	args := withUserArgs(withUserArgs(own, pkiArgs), cfg.APIServerArgs)
 	api, err := apiserver.New(apiCtx, args, wrap)
 	if err != nil {
 		return err
