@@ -22,8 +22,9 @@ import (
 func Execute(args []string) int {
 	root := newRootCommand()
 	switch filepath.Base(args[0]) {
-	case "kubectl":
-		root.SetArgs(append([]string{"kubectl"}, args[1:]...))
+	case "kubectl", roleAPIServer, roleControllerManager, roleKine:
+		// Called through a symlink: the name is the subcommand.
+		root.SetArgs(append([]string{filepath.Base(args[0])}, args[1:]...))
 	default:
 		root.SetArgs(args[1:])
 	}
@@ -45,6 +46,7 @@ func newRootCommand() *cobra.Command {
 		return fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())
 	})
 	root.AddCommand(newServerCommand(), newKubectlCommand(), newVersionCommand(), newDatastoreCommand(), newBenchCommand())
+	root.AddCommand(newComponentCommands()...)
 	return root
 }
 

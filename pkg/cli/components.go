@@ -1,0 +1,315 @@
+package cli
+
+// The upstream component roles of the multi-call binary: called as
+// kube-apiserver, kube-controller-manager or kine (by the basename of argv[0],
+// e.g. through a symlink, or as `harikube kube-apiserver ...`), harikube
+// accepts exactly that component's command line. This is what vCluster's
+// "k8s" distro runs from /binaries.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/k3s-io/kine/pkg/app"
+	"github.com/k3s-io/kine/pkg/endpoint"
+	kinemetrics "github.com/k3s-io/kine/pkg/metrics"
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"github.com/urfave/cli/v2"
+	utilfeature "k8s.io/apiserver/pkg/util/feature"
+	"k8s.io/component-base/version/verflag"
+	cmfeatures "k8s.io/controller-manager/pkg/features"
+
+	"github.com/harikube/harikube/pkg/apiserver"
+	"github.com/harikube/harikube/pkg/controllermanager"
+	"github.com/harikube/harikube/pkg/datastore"
+	"github.com/harikube/harikube/pkg/index"
+	"github.com/harikube/harikube/pkg/logging"
+	"github.com/harikube/harikube/pkg/pushdown"
+	"github.com/harikube/harikube/pkg/version"
+)
+
+// Component names, as argv[0] basenames and as subcommands.
+const (
+	roleAPIServer         = "kube-apiserver"
+	roleControllerManager = "kube-controller-manager"
+	roleKine              = "kine"
+)
+
+// Environment variables that tune the kube-apiserver role, whose command line
+// is upstream's and so has no room for harikube's own options. vCluster passes
+// controlPlane.distro.k8s.env to the processes it starts.
+const (
+	envSelectorPushdown          = "HARIKUBE_SELECTOR_PUSHDOWN"
+	envWatchCacheCustomResources = "HARIKUBE_WATCH_CACHE_CUSTOM_RESOURCES"
+)
+
+// indexedSchemes are the Kine endpoint schemes datastore.Start serves with
+// harikube's indexing drivers.
+var indexedSchemes = map[string]bool{"sqlite": true, "postgres": true, "postgresql": true}
+
+// stopGrace bounds how long a role waits for its component to finish after
+// SIGINT or SIGTERM before exiting anyway.
+const stopGrace = 60 * time.Second
+
+func newComponentCommands() []*cobra.Command {
+	cmd := func(name, short string, run func([]string) error) *cobra.Command {
+		return &cobra.Command{
+			Use:                name + " [upstream flags]",
+			Short:              short,
+			DisableFlagParsing: true,
+			RunE:               func(_ *cobra.Command, args []string) error { return run(args) },
+		}
+	}
+	return []*cobra.Command{
+		cmd(roleAPIServer, "Run the upstream kube-apiserver with selector pushdown (also when called as kube-apiserver)", runAPIServer),
+		cmd(roleControllerManager, "Run the upstream kube-controller-manager (also when called as kube-controller-manager)", runControllerManager),
+		cmd(roleKine, "Run Kine with harikube's indexing SQLite driver (also when called as kine)", runKine),
+	}
+}
+
+// parseUpstream parses args with an upstream flag set, for --help and
+// --version, which the component constructors do not handle. done reports
+// that the command has been answered.
+func parseUpstream(name string, fs *pflag.FlagSet, args []string) (done bool, err error) {
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			fs.SetOutput(os.Stdout)
+			fmt.Fprintf(os.Stdout, "Usage of %s (harikube):\n", name)
+			fs.PrintDefaults()
+			return true, nil
+		}
+		return true, fmt.Errorf("%s: %w", name, err)
+	}
+	if help := fs.Lookup("help"); help != nil && help.Value.String() == "true" {
+		fs.SetOutput(os.Stdout)
+		fmt.Fprintf(os.Stdout, "Usage of %s (harikube):\n", name)
+		fs.PrintDefaults()
+		return true, nil
+	}
+	if rest := fs.Args(); len(rest) > 0 {
+		return true, fmt.Errorf("%s: takes no arguments, got %q", name, rest)
+	}
+	// Prints the Kubernetes version and exits 0 when --version is set.
+	verflag.PrintAndExitIfRequested()
+	return false, nil
+}
+
+// klogVerbosity is the -v the command line asks for.
+func klogVerbosity(fs *pflag.FlagSet) int {
+	if f := fs.Lookup("v"); f != nil {
+		if v, err := strconv.Atoi(f.Value.String()); err == nil {
+			return v
+		}
+	}
+	return 0
+}
+
+func envBool(name string, def bool) (bool, error) {
+	v, ok := os.LookupEnv(name)
+	if !ok || v == "" {
+		return def, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return def, fmt.Errorf("%s=%q: want true or false", name, v)
+	}
+	return b, nil
+}
+
+// runUntilSignal runs a component until it returns or SIGINT/SIGTERM
+// arrives; after a signal it waits up to stopGrace for a graceful stop, which
+// counts as success.
+func runUntilSignal(name string, run func(ctx context.Context) error) error {
+	ctx, cancel := signalContext()
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- run(ctx) }()
+	select {
+	case err := <-done:
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err == nil {
+			return fmt.Errorf("%s exited unexpectedly", name)
+		}
+		return err
+	case <-ctx.Done():
+	}
+	select {
+	case err := <-done:
+		if err != nil && !errors.Is(err, context.Canceled) {
+			logrus.Warnf("%s stopped with: %v", name, err)
+		}
+	case <-time.After(stopGrace):
+		logrus.Warnf("%s did not stop within %s; exiting", name, stopGrace)
+	}
+	logrus.Infof("%s stopped", name)
+	return nil
+}
+
+// runAPIServer is the kube-apiserver role: the upstream server with
+// harikube's storage decorator. Selectors are attached to the etcd requests as
+// in `harikube server`. When the datastore is harikube's kine role in another
+// process, it indexes labels, metadata.name and metadata.namespace of every
+// object generically (it has no access to this process's per-resource field
+// extractors), so those selectors are answered in SQL and any other field
+// selector is filtered here, by the apiserver, exactly as upstream. Against a
+// stock etcd or Kine the metadata is ignored and the apiserver filters
+// everything, so results are the same either way.
+func runAPIServer(args []string) error {
+	_, fs := apiserver.FlagSet()
+	if done, err := parseUpstream(roleAPIServer, fs, args); done {
+		return err
+	}
+	logging.Setup(klogVerbosity(fs) >= logging.DebugVerbosity)
+	pushdownOn, err := envBool(envSelectorPushdown, true)
+	if err != nil {
+		return err
+	}
+	cacheCRs, err := envBool(envWatchCacheCustomResources, false)
+	if err != nil {
+		return err
+	}
+	wrap := pushdown.Wrapper(pushdown.Options{Pushdown: pushdownOn, CacheCustomResources: cacheCRs, Registry: index.NewRegistry()})
+	return runUntilSignal(roleAPIServer, func(ctx context.Context) error {
+		srv, err := apiserver.New(ctx, args, wrap)
+		if err != nil {
+			return err
+		}
+		// The upstream options apply their own logging configuration.
+		logging.Reapply()
+		return srv.Run(ctx)
+	})
+}
+
+// runControllerManager is the kube-controller-manager role.
+func runControllerManager(args []string) error {
+	_, fs, err := controllermanager.FlagSet()
+	if err != nil {
+		return err
+	}
+	if done, err := parseUpstream(roleControllerManager, fs, args); done {
+		return err
+	}
+	logging.Setup(klogVerbosity(fs) >= logging.DebugVerbosity)
+	leaderElect := true
+	if f := fs.Lookup("leader-elect"); f != nil {
+		leaderElect = f.Value.String() == "true"
+	}
+	return runUntilSignal(roleControllerManager, func(ctx context.Context) error {
+		// The controllers stop on ctx; building the config needs a
+		// context of its own only for its connection attempts.
+		cm, err := controllermanager.New(ctx, args)
+		if err != nil {
+			return err
+		}
+		logging.Reapply()
+		if leaderElect && !utilfeature.DefaultFeatureGate.Enabled(cmfeatures.ControllerManagerReleaseLeaderElectionLockOnExit) {
+			// Upstream then exits 1 as soon as leader election stops, which
+			// cancelling the context does: a signal is an orderly stop here,
+			// with nothing to release, so exit 0 first.
+			go func() {
+				<-ctx.Done()
+				logrus.Infof("%s stopped", roleControllerManager)
+				os.Exit(0)
+			}()
+		}
+		return cm.Run(ctx)
+	})
+}
+
+// runKine is the kine role: Kine's own command line (every flag of
+// github.com/k3s-io/kine/pkg/app, unknown flags rejected as upstream does),
+// served with harikube's indexing drivers for sqlite:// (and the default
+// ./db/state.db) and postgres:// endpoints. Other endpoints (mysql://,
+// nats://, ...) run Kine's stock drivers without an index; selectors are then
+// filtered by the apiserver.
+func runKine(args []string) error {
+	a := app.New()
+	a.Version = version.Get().Kine + " (harikube " + version.Version + ", indexing driver)"
+	ran := false
+	a.Action = func(c *cli.Context) error {
+		ran = true
+		if c.Args().Len() != 0 {
+			return fmt.Errorf("%s does not accept positional arguments, only flags", roleKine)
+		}
+		return serveKine(c, args)
+	}
+	// Keep errors as return values.
+	a.ExitErrHandler = func(*cli.Context, error) {}
+	if err := a.Run(append([]string{roleKine}, args...)); err != nil {
+		if ran {
+			return err
+		}
+		return fmt.Errorf("%s: %w", roleKine, err)
+	}
+	return nil
+}
+
+func serveKine(c *cli.Context, args []string) error {
+	logging.Setup(c.Bool("debug"))
+	switch f := c.String("log-format"); f {
+	case "plain":
+	case "json":
+		logrus.SetFormatter(&logrus.JSONFormatter{TimestampFormat: time.RFC3339Nano,
+			FieldMap: logrus.FieldMap{logrus.FieldKeyLevel: "severity", logrus.FieldKeyMsg: "message"}})
+	default:
+		return fmt.Errorf("invalid log format: %s", f)
+	}
+
+	ctx, cancel := signalContext()
+	defer cancel()
+	kinemetrics.RegisterCoreCollectors()
+
+	ep := c.String("endpoint")
+	var wait func()
+	scheme, _, _ := strings.Cut(ep, "://")
+	if ep == "" || indexedSchemes[scheme] {
+		ds, err := datastore.Start(ctx, datastore.Options{
+			// Kine's default database is ./db/state.db, which is also the
+			// datastore's default for data directory ".".
+			DataDir:           ".",
+			Endpoint:          ep,
+			Listener:          c.String("listen-address"),
+			MetricsRegisterer: kinemetrics.Registry,
+			KineArgs:          args,
+		})
+		if err != nil {
+			return err
+		}
+		wait = ds.Wait
+		logrus.Infof("Kine (harikube indexing driver) serving %s", ds.Endpoint)
+	} else {
+		cfg := app.Config(args)
+		cfg.MetricsRegisterer = kinemetrics.Registry
+		wg := &sync.WaitGroup{}
+		cfg.WaitGroup = wg
+		if _, err := endpoint.Listen(ctx, cfg); err != nil {
+			return err
+		}
+		wait = wg.Wait
+		logrus.Warnf("Kine endpoint scheme %q has no harikube index: selectors are filtered by the apiserver", scheme)
+	}
+
+	mc := kinemetrics.Config{ServerAddress: c.String("metrics-bind-address"), EnableProfiling: c.Bool("metrics-enable-profiling")}
+	if !c.Bool("metrics-ignore-tls-config") {
+		// As upstream: the metrics server uses the etcd listener's TLS.
+		mc.ServerTLSConfig = app.Config(args).ServerTLSConfig
+	}
+	go kinemetrics.Serve(ctx, mc)
+
+	<-ctx.Done()
+	wait()
+	logrus.Infof("%s stopped", roleKine)
+	return nil
+}
