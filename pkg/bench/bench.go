@@ -153,8 +153,8 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode) (results [
 	args := m.ServerArgs
 	dbDir := filepath.Join(dir, "server", "db")
 	var etcd *process
+	var endpoint string
 	if m.Etcd {
-		var endpoint string
 		if etcd, endpoint, err = startEtcd(ctx, opts.Binary, dir, opts.StartTimeout); err != nil {
 			return nil, err
 		}
@@ -195,6 +195,9 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode) (results [
 			return results, err
 		}
 		if etcd != nil {
+			if err := checkEtcdHolds(ctx, endpoint, n); err != nil {
+				return results, err
+			}
 			if res.EtcdPeakRSSBytes, err = etcd.peakRSS(); err != nil {
 				return results, err
 			}

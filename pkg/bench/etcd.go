@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
@@ -97,3 +98,22 @@ func startEtcd(ctx context.Context, bin, dir string, timeout time.Duration) (*pr
 }
 
 func etcdDataDir(dir string) string { return filepath.Join(dir, "etcd") }
+
+// checkEtcdHolds proves that the etcd mode stores the widgets in etcd (and
+// not in the server's own datastore): etcd must hold n widget keys.
+func checkEtcdHolds(ctx context.Context, endpoint string, n int) error {
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	prefix := "/registry/" + group + "/widgets/"
+	res, err := c.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return fmt.Errorf("count widgets in etcd: %w", err)
+	}
+	if res.Count != int64(n) {
+		return fmt.Errorf("etcd holds %d keys under %s, want %d: the apiserver does not store in etcd", res.Count, prefix, n)
+	}
+	return nil
+}

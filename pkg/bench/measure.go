@@ -56,25 +56,24 @@ func percentile(sorted []float64, p float64) float64 {
 
 // Repetition bounds how often each LIST is timed.
 type Repetition struct {
-	// Runs is the number of timed runs, after one untimed warm-up run.
+	// Runs is the number of timed runs.
 	Runs int
-	// Budget ends the timed runs of one workload early, after at least
-	// three (or Runs, if fewer).
+	// Budget ends the timed runs of one workload early, once there are at
+	// least three (or Runs, if fewer).
 	Budget time.Duration
 }
 
 // measureList times a workload and checks every result against the names
-// it must return; a wrong result is an error.
+// it must return; a wrong result is an error. A first run faster than a
+// twentieth of the budget is an untimed warm-up; a slower one, where warm
+// caches matter little, is timed like the others.
 func measureList(ctx context.Context, c dynamic.Interface, w Workload, n int, rep Repetition) (ListResult, error) {
 	want := w.Expected(n)
 	res := ListResult{Workload: w.Key, Title: w.Title, LabelSelector: w.LabelSelector, FieldSelector: w.FieldSelector,
 		Limit: w.Limit, Expected: len(want)}
 	var samples []time.Duration
 	start := time.Now()
-	for run := 0; run <= rep.Runs; run++ {
-		if run > min(3, rep.Runs) && time.Since(start) > rep.Budget {
-			break
-		}
+	for run := 0; ; run++ {
 		d, names, pages, err := list(ctx, c, w)
 		if err != nil {
 			return res, fmt.Errorf("%s: %w", w.Title, err)
@@ -83,8 +82,12 @@ func measureList(ctx context.Context, c dynamic.Interface, w Workload, n int, re
 			return res, fmt.Errorf("%s: wrong result: %w", w.Title, err)
 		}
 		res.Got, res.Pages = len(names), pages
-		if run > 0 {
-			samples = append(samples, d)
+		if run == 0 && d < rep.Budget/20 {
+			continue
+		}
+		samples = append(samples, d)
+		if len(samples) >= rep.Runs || (len(samples) >= min(3, rep.Runs) && time.Since(start) >= rep.Budget) {
+			break
 		}
 	}
 	res.Latency = summarize(samples)
