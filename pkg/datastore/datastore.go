@@ -100,7 +100,7 @@ func Start(ctx context.Context, opts Options) (*Datastore, error) {
 	ep := opts.Endpoint
 	if ep == "" {
 		path := DatabasePath(opts.DataDir)
-		if err := prepareSQLiteFile(path); err != nil {
+		if err := prepareSQLiteFile(ctx, path); err != nil {
 			return nil, err
 		}
 		ds.DatabasePath = path
@@ -141,8 +141,9 @@ func Start(ctx context.Context, opts Options) (*Datastore, error) {
 func (d *Datastore) Wait() { d.wg.Wait() }
 
 // prepareSQLiteFile creates the database directory and file with owner-only
-// permissions; SQLite gives its -wal and -shm files the same mode.
-func prepareSQLiteFile(path string) error {
+// permissions (SQLite gives its -wal and -shm files the same mode), and
+// refuses an existing file that is not a usable SQLite database.
+func prepareSQLiteFile(ctx context.Context, path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("create database directory %s: %w", filepath.Dir(path), err)
 	}
@@ -156,7 +157,7 @@ func prepareSQLiteFile(path string) error {
 	if err := os.Chmod(path, 0o600); err != nil {
 		return fmt.Errorf("restrict database %s: %w", path, err)
 	}
-	return nil
+	return checkSQLiteFile(ctx, path)
 }
 
 // withInstance tags dsn with a new instance id naming registry, for the
