@@ -31,6 +31,9 @@ etcd behind the same apiserver), kine-stock (Kine's own SQLite driver, no index)
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			var err error
+			if quick && !c.Flags().Changed("budget") {
+				opts.Repetition.Budget = time.Second
+			}
 			switch {
 			case c.Flags().Changed("sizes"):
 				opts.Sizes, err = parseSizes(sizes)
@@ -56,12 +59,12 @@ etcd behind the same apiserver), kine-stock (Kine's own SQLite driver, no index)
 		},
 	}
 	f := c.Flags()
-	f.BoolVar(&quick, "quick", false, "sizes 1000 and 10000 only (default sizes: 1000, 10000, 100000)")
+	f.BoolVar(&quick, "quick", false, "sizes 1000 and 10000 only (default sizes: 1000, 10000, 100000) and a --budget of 1s")
 	f.StringVar(&sizes, "sizes", "", "comma-separated numbers of objects, e.g. 1000,5000 (overrides --quick)")
 	f.StringVar(&modes, "modes", "all", "comma-separated modes: "+strings.Join(bench.ModeNames(bench.Modes), ","))
 	f.StringVar(&opts.JSONPath, "json", "bench-results.json", "write the results as JSON to this file (empty: none)")
 	f.IntVar(&opts.Repetition.Runs, "repeat", 20, "timed runs of each LIST (a fast first run is an untimed warm-up)")
-	f.DurationVar(&opts.Repetition.Budget, "budget", 5*time.Second, "stop timing a LIST after this long (after at least 3 runs)")
+	f.DurationVar(&opts.Repetition.Budget, "budget", 5*time.Second, "stop timing a LIST after this long (a slower LIST is timed once)")
 	f.IntVar(&opts.WatchSamples, "watch-samples", opts.WatchSamples, "timed watch events")
 	f.IntVar(&opts.Workers, "workers", opts.Workers, "concurrent clients seeding the objects")
 	f.StringVar(&opts.WorkDir, "work-dir", "", "parent of the temporary data directories (default: the system temp dir)")
