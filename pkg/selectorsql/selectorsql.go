@@ -231,18 +231,23 @@ func Translate(s selection.Selection, fieldIndexed func(string) bool, r Range) F
 			continue
 		}
 		d := t.drive
-		args := append([]any{}, t.driveArgs...)
+		// Rows without an index entry at all (written before the index
+		// existed, kine's own rows) are candidates too, as in Where.
+		unmarked := " UNION ALL SELECT u.id AS id FROM kine AS u WHERE NOT EXISTS (SELECT 1 FROM " + RowsTable + " AS r WHERE r.id = u.id)"
+		var rangeArgs []any
 		switch {
 		case r.Start == "":
 		case r.End == "":
 			d += " AND i.key = ?"
-			args = append(args, r.Start)
+			unmarked += " AND u.name = ?"
+			rangeArgs = []any{r.Start}
 		default:
 			d += " AND i.key >= ? AND i.key < ?"
-			args = append(args, r.Start, r.End)
+			unmarked += " AND u.name >= ? AND u.name < ?"
+			rangeArgs = []any{r.Start, r.End}
 		}
-		f.Drive = d + " UNION ALL SELECT r.id AS id FROM " + RowsTable + " AS r WHERE r.decoded = 0"
-		f.DriveArgs = args
+		f.Drive = d + " UNION ALL SELECT r.id AS id FROM " + RowsTable + " AS r WHERE r.decoded = 0" + unmarked
+		f.DriveArgs = append(append(append([]any{}, t.driveArgs...), rangeArgs...), rangeArgs...)
 		break
 	}
 	return f
