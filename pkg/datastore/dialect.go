@@ -51,6 +51,9 @@ func (d *dialect) request(key, end string, limit, revision int64, includeDeleted
 		KeysOnly:       keysOnly,
 		Selection:      s,
 		FieldIndexed:   d.idx.fieldIndexed(key),
+		// Every insert indexes its row in its own transaction, and rows
+		// from before the index are backfilled before the server starts.
+		AllRowsIndexed: true,
 	}
 }
 

@@ -977,7 +977,7 @@ func TestDifferential(t *testing.T) {
 		}
 		c.req.KeysOnly = rnd.Intn(2) == 0
 		c.req.IncludeDeleted = rnd.Intn(20) == 0
-		if Translate(c.req.Selection, c.req.FieldIndexed, c.req.Range).Drive != "" {
+		if Translate(c.req.Selection, c.req.FieldIndexed, c.req.Range, false).Drive != "" {
 			withDrive++
 		}
 		extra, err := s.checkCase(s.db, c)

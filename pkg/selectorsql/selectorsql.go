@@ -67,6 +67,12 @@ type Request struct {
 	// FieldIndexed reports whether every decoded row in the range carries
 	// the field in the index. Requirements on other fields are not pushed.
 	FieldIndexed func(field string) bool
+	// AllRowsIndexed promises that every live row has an index entry (the
+	// datastore indexes each row in the transaction that writes it and
+	// backfills older rows before it serves). Without the promise,
+	// index-driven reads also scan the key range for rows lacking one,
+	// which costs O(rows in range).
+	AllRowsIndexed bool
 }
 
 // Query is rendered SQL with "?" placeholders and its arguments in order.
@@ -197,8 +203,8 @@ type Filter struct {
 }
 
 // Translate renders sel for rows in r. It never fails: requirements it cannot
-// render exactly are left out.
-func Translate(s selection.Selection, fieldIndexed func(string) bool, r Range) Filter {
+// render exactly are left out. allRowsIndexed is Request.AllRowsIndexed.
+func Translate(s selection.Selection, fieldIndexed func(string) bool, r Range, allRowsIndexed bool) Filter {
 	var terms []term
 	for _, req := range s.Labels {
 		if t, ok := labelTerm(req); ok {
@@ -232,7 +238,8 @@ func Translate(s selection.Selection, fieldIndexed func(string) bool, r Range) F
 		}
 		d := t.drive
 		// Rows without an index entry at all (written before the index
-		// existed, kine's own rows) are candidates too, as in Where.
+		// existed, kine's own rows) are candidates too, as in Where —
+		// unless the caller promises there are none.
 		unmarked := " UNION ALL SELECT u.id AS id FROM kine AS u WHERE NOT EXISTS (SELECT 1 FROM " + RowsTable + " AS r WHERE r.id = u.id)"
 		var rangeArgs []any
 		switch {
@@ -246,8 +253,12 @@ func Translate(s selection.Selection, fieldIndexed func(string) bool, r Range) F
 			unmarked += " AND u.name >= ? AND u.name < ?"
 			rangeArgs = []any{r.Start, r.End}
 		}
-		f.Drive = d + " UNION ALL SELECT r.id AS id FROM " + RowsTable + " AS r WHERE r.decoded = 0" + unmarked
-		f.DriveArgs = append(append(append([]any{}, t.driveArgs...), rangeArgs...), rangeArgs...)
+		f.Drive = d + " UNION ALL SELECT r.id AS id FROM " + RowsTable + " AS r WHERE r.decoded = 0"
+		f.DriveArgs = append(append([]any{}, t.driveArgs...), rangeArgs...)
+		if !allRowsIndexed {
+			f.Drive += unmarked
+			f.DriveArgs = append(f.DriveArgs, rangeArgs...)
+		}
 		break
 	}
 	return f
@@ -295,7 +306,7 @@ func from(b *builder, req Request, f Filter) {
 // compact revision, then the row columns (and value unless KeysOnly), with a
 // single all-NULL row when nothing matches so the revisions still arrive.
 func List(req Request) Query {
-	f := Translate(req.Selection, req.FieldIndexed, req.Range)
+	f := Translate(req.Selection, req.FieldIndexed, req.Range, req.AllRowsIndexed)
 	cols, nullCols := columns, nulls
 	if !req.KeysOnly {
 		cols += ", kv.value"
@@ -317,7 +328,7 @@ func List(req Request) Query {
 // Count renders a COUNT over the same rows List would return without a
 // limit; it selects current revision, compact revision and the count.
 func Count(req Request) Query {
-	f := Translate(req.Selection, req.FieldIndexed, req.Range)
+	f := Translate(req.Selection, req.FieldIndexed, req.Range, req.AllRowsIndexed)
 	var b builder
 	b.write("SELECT " + currentRev + ", " + compactRev + ", COUNT(*)")
 	from(&b, req, f)

@@ -37,7 +37,7 @@ const (
 // value, however hostile, travels only as an argument).
 func checkRendering(tb testing.TB, req Request) {
 	tb.Helper()
-	f := Translate(req.Selection, req.FieldIndexed, req.Range)
+	f := Translate(req.Selection, req.FieldIndexed, req.Range, req.AllRowsIndexed)
 	parts := map[string]Query{
 		"where": {f.Where, f.WhereArgs},
 		"drive": {f.Drive, f.DriveArgs},
@@ -137,7 +137,7 @@ func TestLabelOperators(t *testing.T) {
 		{rq("n", sel.GreaterThan, "9223372036854775807"), false, "i.num > ?", []any{"l", "n", int64(9223372036854775807)}},
 	} {
 		t.Run(fmt.Sprintf("%s %s %q", c.r.Key, c.r.Operator, c.r.Values), func(t *testing.T) {
-			f := Translate(selection.Selection{Labels: []selection.Requirement{c.r}}, nil, widgets)
+			f := Translate(selection.Selection{Labels: []selection.Requirement{c.r}}, nil, widgets, false)
 			if f.Where == "" {
 				t.Fatal("not pushed")
 			}
@@ -180,7 +180,7 @@ func TestFieldOperators(t *testing.T) {
 	} {
 		t.Run(fmt.Sprintf("%s %s %q", c.r.Key, c.r.Operator, c.r.Values), func(t *testing.T) {
 			s := selection.Selection{Fields: []selection.Requirement{c.r}}
-			f := Translate(s, allFieldsIndexed, widgets)
+			f := Translate(s, allFieldsIndexed, widgets, false)
 			if f.Where == "" {
 				t.Fatal("not pushed")
 			}
@@ -233,7 +233,7 @@ func TestRequirementsNotPushed(t *testing.T) {
 		{"field exists", self(rq("spec.color", sel.Exists)), allFieldsIndexed},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			if f := Translate(c.s, c.indexed, widgets); !reflect.DeepEqual(f, Filter{}) {
+			if f := Translate(c.s, c.indexed, widgets, false); !reflect.DeepEqual(f, Filter{}) {
 				t.Fatalf("pushed: %+v", f)
 			}
 			req := Request{Range: widgets, Selection: c.s, FieldIndexed: c.indexed}
@@ -255,7 +255,7 @@ func TestPartialPushdown(t *testing.T) {
 		Labels: []selection.Requirement{rq("n", sel.GreaterThan, "abc"), rq("app", sel.Equals, "web")},
 		Fields: []selection.Requirement{rq("spec.size", sel.Equals, "1"), rq("spec.color", sel.NotEquals, "red")},
 	}
-	f := Translate(s, onlyFields("spec.color"), widgets)
+	f := Translate(s, onlyFields("spec.color"), widgets, false)
 	want := []any{"l", "app", "web", "f", "spec.color", "red"}
 	if !reflect.DeepEqual(f.WhereArgs, want) {
 		t.Fatalf("args %#v, want %#v", f.WhereArgs, want)
@@ -271,7 +271,7 @@ func TestLongValues(t *testing.T) {
 
 	// = and in compare the cut value: a superset of the real matches.
 	for _, r := range []selection.Requirement{rq("app", sel.Equals, long), rq("app", sel.In, "web", long)} {
-		f := Translate(sel1(r), nil, widgets)
+		f := Translate(sel1(r), nil, widgets, false)
 		if f.Where == "" || f.Drive == "" {
 			t.Fatalf("%s not pushed", r.Operator)
 		}
@@ -279,7 +279,7 @@ func TestLongValues(t *testing.T) {
 			t.Fatalf("%s compares %d bytes, want the %d the index keeps", r.Operator, len(got.(string)), MaxValueLen)
 		}
 	}
-	f := Translate(self(rq("spec.color", sel.Equals, long)), allFieldsIndexed, widgets)
+	f := Translate(self(rq("spec.color", sel.Equals, long)), allFieldsIndexed, widgets, false)
 	if f.Where == "" || f.WhereArgs[2] != cut {
 		t.Fatalf("field = on a long value: %+v", f)
 	}
@@ -291,19 +291,19 @@ func TestLongValues(t *testing.T) {
 			sel1(rq("app", sel.NotEquals, v)),
 			sel1(rq("app", sel.NotIn, "web", v)),
 		} {
-			if f := Translate(s, nil, widgets); f.Where != "" {
+			if f := Translate(s, nil, widgets, false); f.Where != "" {
 				t.Fatalf("%s with a %d-byte value pushed", s.Labels[0].Operator, len(v))
 			}
 		}
-		if f := Translate(self(rq("spec.color", sel.NotEquals, v)), allFieldsIndexed, widgets); f.Where != "" {
+		if f := Translate(self(rq("spec.color", sel.NotEquals, v)), allFieldsIndexed, widgets, false); f.Where != "" {
 			t.Fatalf("field != with a %d-byte value pushed", len(v))
 		}
 	}
 	// One byte shorter is exact and pushed.
-	if f := Translate(sel1(rq("app", sel.NotEquals, short)), nil, widgets); f.Where == "" || f.WhereArgs[2] != short {
+	if f := Translate(sel1(rq("app", sel.NotEquals, short)), nil, widgets, false); f.Where == "" || f.WhereArgs[2] != short {
 		t.Fatalf("!= with a %d-byte value not pushed as is", len(short))
 	}
-	if f := Translate(self(rq("spec.color", sel.NotEquals, short)), allFieldsIndexed, widgets); f.Where == "" {
+	if f := Translate(self(rq("spec.color", sel.NotEquals, short)), allFieldsIndexed, widgets, false); f.Where == "" {
 		t.Fatalf("field != with a %d-byte value not pushed", len(short))
 	}
 	if IndexValue(long) != cut || IndexValue(exact) != exact || IndexValue(short) != short {
@@ -313,7 +313,7 @@ func TestLongValues(t *testing.T) {
 
 func TestEmptySelection(t *testing.T) {
 	for _, s := range []selection.Selection{{}, {Labels: []selection.Requirement{}, Fields: []selection.Requirement{}}} {
-		if f := Translate(s, allFieldsIndexed, widgets); !reflect.DeepEqual(f, Filter{}) {
+		if f := Translate(s, allFieldsIndexed, widgets, false); !reflect.DeepEqual(f, Filter{}) {
 			t.Fatalf("filter %+v for an empty selection", f)
 		}
 		for _, r := range []Range{widgets, {}, {Start: "/registry/widgets/ns/a"}} {
@@ -644,7 +644,7 @@ func TestUnmarkedRowsInIndexDrivenReads(t *testing.T) {
 		{sel1(rq("app", sel.In, "none")), Range{}, []string{"/registry/widgets/ns/c", "/registry/widgets/ns/old", "/registry/widgets/ns/other", "compact_rev_key"}},
 	} {
 		req := Request{Range: c.r, Selection: c.s, FieldIndexed: s.fieldIndexed}
-		if Translate(c.s, s.fieldIndexed, c.r).Drive == "" {
+		if Translate(c.s, s.fieldIndexed, c.r, false).Drive == "" {
 			t.Fatalf("%+v: expected an index-driven read", c.s)
 		}
 		checkRendering(t, req)
