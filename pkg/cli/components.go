@@ -27,6 +27,7 @@ import (
 	utilfeature "k8s.io/apiserver/pkg/util/feature"
 	"k8s.io/component-base/version/verflag"
 	cmfeatures "k8s.io/controller-manager/pkg/features"
+	kcmapp "k8s.io/kubernetes/cmd/kube-controller-manager/app"
 
 	"github.com/harikube/harikube/pkg/apiserver"
 	"github.com/harikube/harikube/pkg/controllermanager"
@@ -202,6 +203,7 @@ func runControllerManager(args []string) error {
 		return err
 	}
 	logging.Setup(klogVerbosity(fs) >= logging.DebugVerbosity)
+	args = dropRemovedControllers(args)
 	leaderElect := true
 	if f := fs.Lookup("leader-elect"); f != nil {
 		leaderElect = f.Value.String() == "true"
@@ -214,18 +216,70 @@ func runControllerManager(args []string) error {
 			return err
 		}
 		logging.Reapply()
+		runCtx := ctx
 		if leaderElect && !utilfeature.DefaultFeatureGate.Enabled(cmfeatures.ControllerManagerReleaseLeaderElectionLockOnExit) {
-			// Upstream then exits 1 as soon as leader election stops, which
-			// cancelling the context does: a signal is an orderly stop here,
-			// with nothing to release, so exit 0 first.
+			// Upstream then exits 1 as soon as leader election stops, and
+			// cancelling its context stops it; upstream itself has no
+			// signal handler and dies by the signal. Here a signal is an
+			// orderly stop with nothing to release: exit 0 without
+			// cancelling the controllers' context.
+			runCtx = context.WithoutCancel(ctx)
 			go func() {
 				<-ctx.Done()
 				logrus.Infof("%s stopped", roleControllerManager)
 				os.Exit(0)
 			}()
 		}
-		return cm.Run(ctx)
+		return cm.Run(runCtx)
 	})
+}
+
+// removedControllers are cloud controllers kube-controller-manager once had
+// (by name and alias) and no longer has.
+var removedControllers = map[string]bool{
+	"cloud-node-lifecycle": true, "cloud-node-lifecycle-controller": true,
+	"service": true, "service-lb-controller": true,
+	"route": true, "node-route-controller": true,
+}
+
+// dropRemovedControllers removes, from --controllers, the disabling of
+// controllers this Kubernetes version no longer has. vCluster (0.30 to at
+// least 0.36) passes --controllers=*,...,-cloud-node-lifecycle,..., and
+// cloud-node-lifecycle left kube-controller-manager in 1.37, whose upstream
+// binary therefore refuses vCluster's default flags. A controller that does
+// not exist is off already, so dropping "-name" changes nothing else; any
+// other unknown name is still an error, as upstream.
+func dropRemovedControllers(args []string) []string {
+	known := map[string]bool{}
+	for _, c := range kcmapp.KnownControllers() {
+		known[c] = true
+	}
+	for alias := range kcmapp.ControllerAliases() {
+		known[alias] = true
+	}
+	filter := func(list string) string {
+		var kept []string
+		for _, c := range strings.Split(list, ",") {
+			if name, disabled := strings.CutPrefix(strings.TrimSpace(c), "-"); disabled && removedControllers[name] && !known[name] {
+				logrus.Warnf("%s: ignoring --controllers entry %q: Kubernetes %s has no controller %q", roleControllerManager, c, version.Get().Kubernetes, name)
+				continue
+			}
+			kept = append(kept, c)
+		}
+		return strings.Join(kept, ",")
+	}
+	out := make([]string, len(args))
+	copy(out, args)
+	for i := 0; i < len(out); i++ {
+		switch {
+		case strings.HasPrefix(out[i], "--controllers="):
+			out[i] = "--controllers=" + filter(strings.TrimPrefix(out[i], "--controllers="))
+		case out[i] == "--controllers" && i+1 < len(out):
+			out[i+1] = filter(out[i+1])
+			i++
+		}
+	}
+	return out
 }
 
 // runKine is the kine role: Kine's own command line (every flag of
