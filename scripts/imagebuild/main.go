@@ -55,7 +55,14 @@ func main() {
 		version  = flag.String("version", "", "value of the org.opencontainers.image.version label")
 		epochStr = flag.String("source-date-epoch", os.Getenv("SOURCE_DATE_EPOCH"), "timestamp (Unix seconds) of every file and of the image; default 0, for reproducible images")
 	)
+	checkStatic := flag.String("check-static", "", "only check that this file is a static ELF executable (exit status 0 or 1)")
 	flag.Parse()
+	if *checkStatic != "" {
+		if _, err := staticELF(*checkStatic); err != nil {
+			fail(err)
+		}
+		return
+	}
 	if *ociDir == "" && *tarPath == "" {
 		fail(errors.New("nothing to write: pass -oci-layout and/or -tarball"))
 	}
