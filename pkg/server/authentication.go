@@ -8,7 +8,7 @@ import (
 )
 
 // authenticationArgs lets requests without credentials reach only the health
-// checks (/healthz, /livez, /readyz); anywhere else they get 401
+// checks (/healthz, /livez, /readyz) and /version; anywhere else they get 401
 // Unauthorized, where --anonymous-auth=true would authenticate them as
 // system:anonymous and answer 403. The paths are set in an authentication
 // configuration file, which upstream refuses together with --anonymous-auth,
@@ -29,6 +29,7 @@ anonymous:
   - path: /healthz
   - path: /livez
   - path: /readyz
+  - path: /version
 `
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("create %s: %w", filepath.Dir(path), err)
