@@ -1,0 +1,412 @@
+// Package vcluster tests harikube as a vCluster "k8s" distro image without a
+// host cluster: it builds the image daemonlessly (scripts/build-image),
+// unpacks it, copies /kubernetes/. the way vCluster's init container does,
+// and replays the syncer's start-up of the copied binaries with vCluster's
+// exact argument lists, then makes every check the syncer makes.
+package vcluster
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/harikube/harikube/tests/testserver"
+)
+
+// imageRef is what the tests tag the image with.
+const imageRef = "ghcr.io/harikube/harikube:test"
+
+var (
+	workDir string // removed by TestMain
+
+	imageOnce sync.Once
+	imageErr  error
+	img       builtImage
+)
+
+// builtImage is the image built once per test process.
+type builtImage struct {
+	OCILayout string // scripts/build-image --oci-layout
+	Tarball   string // scripts/build-image --tarball
+	RootFS    string // the image's files, unpacked
+	Binaries  string // `cp -r /kubernetes/. /binaries/` run with the image's own cp
+}
+
+func TestMain(m *testing.M) {
+	var err error
+	workDir, err = os.MkdirTemp("", "harikube-vcluster-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(workDir)
+	os.Exit(code)
+}
+
+// repoRoot is two levels up from this package.
+func repoRoot(t testing.TB) string {
+	t.Helper()
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+// image builds the image from the harikube binary (HARIKUBE_BINARY, or one
+// built with make) with scripts/build-image, unpacks it and runs the init
+// container's copy. Later callers get the same result.
+func image(t testing.TB) builtImage {
+	t.Helper()
+	bin := testserver.Binary(t)
+	root := repoRoot(t)
+	imageOnce.Do(func() { imageErr = buildImage(root, bin) })
+	if imageErr != nil {
+		t.Fatalf("build the image: %v", imageErr)
+	}
+	return img
+}
+
+func buildImage(root, bin string) error {
+	b := builtImage{
+		OCILayout: filepath.Join(workDir, "oci"),
+		Tarball:   filepath.Join(workDir, "image.tar"),
+		RootFS:    filepath.Join(workDir, "rootfs"),
+		Binaries:  filepath.Join(workDir, "binaries"),
+	}
+	cmd := exec.Command(filepath.Join(root, "scripts", "build-image"), "--binary", bin, "--image", imageRef, "--oci-layout", b.OCILayout, "--tarball", b.Tarball)
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("scripts/build-image: %v\n%s", err, out)
+	}
+	if err := unpack(b.OCILayout, b.RootFS); err != nil {
+		return fmt.Errorf("unpack: %w", err)
+	}
+	// The init container: command [cp], args [-r, /kubernetes/., /binaries/],
+	// exec'd without a shell, with the image's own cp (busybox, static).
+	if err := os.MkdirAll(b.Binaries, 0o755); err != nil {
+		return err
+	}
+	cp := exec.Command(filepath.Join(b.RootFS, "bin", "cp"), "-r", filepath.Join(b.RootFS, "kubernetes")+"/.", b.Binaries+"/")
+	if out, err := cp.CombinedOutput(); err != nil {
+		return fmt.Errorf("image's cp -r /kubernetes/. /binaries/: %v\n%s", err, out)
+	}
+	img = b
+	return nil
+}
+
+// unpack flattens the single image of an OCI layout into dir.
+func unpack(layoutDir, dir string) error {
+	idx, err := layout.ImageIndexFromPath(layoutDir)
+	if err != nil {
+		return err
+	}
+	manifest, err := idx.IndexManifest()
+	if err != nil {
+		return err
+	}
+	if len(manifest.Manifests) != 1 {
+		return fmt.Errorf("want one image in the layout, found %d", len(manifest.Manifests))
+	}
+	if got := manifest.Manifests[0].Annotations["io.containerd.image.name"]; got != imageRef {
+		return fmt.Errorf("layout names the image %q, want %q", got, imageRef)
+	}
+	image, err := idx.Image(manifest.Manifests[0].Digest)
+	if err != nil {
+		return err
+	}
+	rc := mutate.Extract(image)
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		target := filepath.Join(dir, filepath.Clean("/"+h.Name))
+		switch h.Typeflag {
+		case tar.TypeDir:
+			if err := os.MkdirAll(target, 0o755); err != nil {
+				return err
+			}
+		case tar.TypeSymlink:
+			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+				return err
+			}
+			if err := os.Symlink(h.Linkname, target); err != nil {
+				return err
+			}
+		case tar.TypeLink:
+			if err := os.Link(filepath.Join(dir, filepath.Clean("/"+h.Linkname)), target); err != nil {
+				return err
+			}
+		case tar.TypeReg:
+			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+				return err
+			}
+			f, err := os.OpenFile(target, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, os.FileMode(h.Mode).Perm())
+			if err != nil {
+				return err
+			}
+			if _, err := io.Copy(f, tr); err != nil {
+				f.Close()
+				return err
+			}
+			if err := f.Close(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// k8sVersion is the k8s.io/kubernetes version in go.mod, which /version must
+// report.
+func k8sVersion(t testing.TB) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(repoRoot(t), "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^\s*k8s\.io/kubernetes (v\S+)`).FindSubmatch(data)
+	if m == nil {
+		t.Fatal("no k8s.io/kubernetes in go.mod")
+	}
+	return string(m[1])
+}
+
+// process is one child the way vCluster's command.RunCommand starts it:
+// argv from the argument list, cwd /data, the environment plus
+// _VCLUSTER_MANAGED=yes and PATH with the binaries appended. Cancelling sends
+// SIGINT.
+type process struct {
+	name string
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+	code int
+}
+
+func startProcess(t *testing.T, name, dataDir, binaries string, args []string) *process {
+	t.Helper()
+	p := &process{name: name, log: filepath.Join(t.TempDir(), name+".log"), done: make(chan struct{})}
+	logf, err := os.Create(p.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	fmt.Fprintf(logf, "$ %s\n", strings.Join(args, " "))
+	p.cmd = exec.Command(args[0], args[1:]...)
+	p.cmd.Dir = dataDir
+	p.cmd.Env = append(os.Environ(), "_VCLUSTER_MANAGED=yes", "PATH="+os.Getenv("PATH")+":"+binaries+":/usr/local/bin")
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		_ = p.cmd.Wait()
+		p.code = p.cmd.ProcessState.ExitCode()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		if p.running() {
+			_ = p.cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("%s log (%s), last lines:\n%s", name, p.log, tail(p.log, 40))
+		}
+	})
+	return p
+}
+
+func (p *process) running() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// exitedErr is non-nil once the process has exited.
+func (p *process) exitedErr() error {
+	if p.running() {
+		return nil
+	}
+	return fmt.Errorf("%s exited with code %d:\n%s", p.name, p.code, tail(p.log, 30))
+}
+
+// stop is vCluster's cancel: SIGINT, and the process must exit 0.
+func (p *process) stop(t *testing.T) {
+	t.Helper()
+	if !p.running() {
+		t.Fatalf("%s is not running (exit code %d)", p.name, p.code)
+	}
+	_ = p.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-p.done:
+	case <-time.After(60 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		t.Fatalf("%s did not stop within 60s of SIGINT", p.name)
+	}
+	if p.code != 0 {
+		t.Errorf("%s exited with code %d after SIGINT, want 0:\n%s", p.name, p.code, tail(p.log, 30))
+	}
+}
+
+func tail(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// poll calls cond every interval until it returns true, fails the test
+// after timeout, and stops early when one of procs exits.
+func poll(t *testing.T, what string, interval, timeout time.Duration, cond func() (bool, error), procs ...*process) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last error
+	for {
+		ok, err := cond()
+		if ok {
+			return
+		}
+		last = err
+		for _, p := range procs {
+			if err := p.exitedErr(); err != nil {
+				t.Fatalf("waiting for %s: %v", what, err)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: timed out after %s (last error: %v)", what, timeout, last)
+		}
+		time.Sleep(interval)
+	}
+}
+
+// waitForEtcd is vCluster's etcd.WaitForEtcd: an etcd client on the
+// endpoint and a MemberList, every second.
+func waitForEtcd(t *testing.T, endpoint string, procs ...*process) {
+	t.Helper()
+	poll(t, "etcd MemberList on "+endpoint, time.Second, time.Minute, func() (bool, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, Context: ctx, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			return false, err
+		}
+		defer c.Close()
+		res, err := c.MemberList(ctx)
+		if err != nil {
+			return false, err
+		}
+		return len(res.Members) > 0, nil
+	}, procs...)
+}
+
+// restConfig loads a kubeconfig the way the syncer does.
+func restConfig(t *testing.T, kubeconfig string) *rest.Config {
+	t.Helper()
+	raw, err := clientcmd.LoadFromFile(kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := clientcmd.NewDefaultClientConfig(*raw, &clientcmd.ConfigOverrides{}).ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Timeout = 10 * time.Second
+	return cfg
+}
+
+// waitForAPI is the syncer's waitForAPI: GET /readyz with admin.conf until
+// it succeeds.
+func waitForAPI(t *testing.T, adminConf string, procs ...*process) {
+	t.Helper()
+	client := kubernetes.NewForConfigOrDie(restConfig(t, adminConf))
+	poll(t, "/readyz with admin.conf", 500*time.Millisecond, 3*time.Minute, func() (bool, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := client.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+		return err == nil, err
+	}, procs...)
+}
+
+// waitForClientConfig is the syncer's waitForClientConfig: admin.conf
+// readable, /version answers and ServiceAccount default/default exists.
+func waitForClientConfig(t *testing.T, adminConf string, procs ...*process) {
+	t.Helper()
+	poll(t, "/version and ServiceAccount default/default", time.Second, 2*time.Minute, func() (bool, error) {
+		data, err := os.ReadFile(adminConf)
+		if err != nil {
+			return false, err
+		}
+		cc, err := clientcmd.NewClientConfigFromBytes(data)
+		if err != nil {
+			return false, err
+		}
+		cfg, err := cc.ClientConfig()
+		if err != nil {
+			return false, err
+		}
+		client, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return false, err
+		}
+		if _, err := client.Discovery().ServerVersion(); err != nil {
+			return false, err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err = client.CoreV1().ServiceAccounts("default").Get(ctx, "default", metav1.GetOptions{})
+		return err == nil, err
+	}, procs...)
+}
+
+// anonymousGet is a request without credentials, as the kubelet's probes
+// reach the apiserver before vCluster's proxy (v0.25 and earlier: this is
+// also how waitForAPI checked).
+func anonymousGet(url string) (int, string, error) {
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: insecureTLS()}}
+	res, err := client.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer res.Body.Close()
+	body, _ := io.ReadAll(res.Body)
+	return res.StatusCode, string(bytes.TrimSpace(body)), nil
+}

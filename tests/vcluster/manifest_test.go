@@ -1,0 +1,108 @@
+package vcluster
+
+import (
+	"bytes"
+	"encoding/base64"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/yaml"
+)
+
+// TestManifest: package/vcluster-kine-sqlite.yaml is the chart rendered with
+// package/vcluster-values.yaml: its config secret decodes to a vCluster
+// config naming the harikube image, with the same distro settings as the
+// values file, and the init container copies /kubernetes/. from that image.
+func TestManifest(t *testing.T) {
+	root := repoRoot(t)
+	manifest, err := os.ReadFile(filepath.Join(root, "package", "vcluster-kine-sqlite.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	valuesData, err := os.ReadFile(filepath.Join(root, "package", "vcluster-values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := readValues(t, valuesData)
+
+	kinds := map[string]bool{}
+	var config []byte
+	var initImage string
+	var initCommand []string
+	for _, doc := range bytes.Split(manifest, []byte("\n---")) {
+		var obj struct {
+			Kind     string `json:"kind"`
+			Metadata struct {
+				Name      string `json:"name"`
+				Namespace string `json:"namespace"`
+			} `json:"metadata"`
+			Data map[string]string `json:"data"`
+			Spec struct {
+				Template struct {
+					Spec struct {
+						InitContainers []struct {
+							Name    string   `json:"name"`
+							Image   string   `json:"image"`
+							Command []string `json:"command"`
+							Args    []string `json:"args"`
+						} `json:"initContainers"`
+					} `json:"spec"`
+				} `json:"template"`
+			} `json:"spec"`
+		}
+		if err := yaml.Unmarshal(doc, &obj); err != nil {
+			t.Fatalf("manifest document: %v", err)
+		}
+		if obj.Kind == "" {
+			continue
+		}
+		kinds[obj.Kind+"/"+obj.Metadata.Name] = true
+		if obj.Kind != "Namespace" && !strings.HasPrefix(obj.Kind, "Cluster") && obj.Metadata.Namespace != "kine" {
+			t.Errorf("%s/%s is in namespace %q, want kine", obj.Kind, obj.Metadata.Name, obj.Metadata.Namespace)
+		}
+		if obj.Kind == "Secret" && obj.Metadata.Name == "vc-config-kine" {
+			if config, err = base64.StdEncoding.DecodeString(obj.Data["config.yaml"]); err != nil {
+				t.Fatalf("vc-config-kine config.yaml: %v", err)
+			}
+		}
+		if obj.Kind == "StatefulSet" {
+			for _, c := range obj.Spec.Template.Spec.InitContainers {
+				if c.Name == "kubernetes" {
+					initImage = c.Image
+					initCommand = append(c.Command, c.Args...)
+				}
+			}
+		}
+	}
+	for _, k := range []string{"Namespace/kine", "ServiceAccount/vc-kine", "Secret/vc-config-kine", "Role/vc-kine", "RoleBinding/vc-kine",
+		"Service/kine", "Service/kine-headless", "StatefulSet/kine"} {
+		if !kinds[k] {
+			t.Errorf("manifest has no %s (has %v)", k, kinds)
+		}
+	}
+	if config == nil {
+		t.Fatal("no config secret vc-config-kine")
+	}
+	got := readValues(t, config)
+	k8s := got.ControlPlane.Distro.K8S
+	image := k8s.Image.Registry + "/" + k8s.Image.Repository + ":" + k8s.Image.Tag
+	wantImage := want.ControlPlane.Distro.K8S.Image
+	if !k8s.Enabled || k8s.Image.Repository != "harikube/harikube" || !strings.HasPrefix(k8s.Image.Tag, "v") {
+		t.Errorf("config names distro image %s (k8s enabled %v), want harikube/harikube", image, k8s.Enabled)
+	}
+	if !reflect.DeepEqual(got.ControlPlane.Distro.K8S, want.ControlPlane.Distro.K8S) {
+		t.Errorf("config secret differs from package/vcluster-values.yaml (re-render the manifest):\nsecret: %+v\nvalues: %+v", k8s, want.ControlPlane.Distro.K8S)
+	}
+	if initImage != wantImage.Registry+"/"+wantImage.Repository+":"+wantImage.Tag {
+		t.Errorf("init container image %q, want the harikube image %s", initImage, image)
+	}
+	if strings.Join(initCommand, " ") != "cp -r /kubernetes/. /binaries/" {
+		t.Errorf("init container runs %q", initCommand)
+	}
+	if len(k8s.APIServer.Command) < 2 || k8s.APIServer.Command[0] != "/binaries/harikube" || k8s.APIServer.Command[1] != "server" {
+		t.Errorf("apiServer.command = %q, want /binaries/harikube server ...", k8s.APIServer.Command)
+	}
+}
