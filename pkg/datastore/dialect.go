@@ -57,9 +57,15 @@ func (d *dialect) request(key, end string, limit, revision int64, includeDeleted
 	}
 }
 
+// ListCurrent and List answer range reads with harikube's SQL, with or
+// without a selection: kine's own range query materialises every key of the
+// range (values included) before applying the limit, so each page of a
+// paginated list costs as much as the whole list; this one walks the key
+// index in order and stops at the limit. Single keys and the whole keyspace
+// stay with kine.
 func (d *dialect) ListCurrent(ctx context.Context, key, end string, limit int64, includeDeleted, keysOnly bool) (*sql.Rows, error) {
 	s, ok := d.selected(ctx)
-	if !ok {
+	if !ok && (key == "" || end == "") {
 		return d.Generic.ListCurrent(ctx, key, end, limit, includeDeleted, keysOnly)
 	}
 	q, args := d.prepare(selectorsql.List(d.request(key, end, limit, 0, includeDeleted, keysOnly, s)), "HarikubeListCurrent")
@@ -68,7 +74,7 @@ func (d *dialect) ListCurrent(ctx context.Context, key, end string, limit int64,
 
 func (d *dialect) List(ctx context.Context, key, end string, limit, revision int64, includeDeleted, keysOnly bool) (*sql.Rows, error) {
 	s, ok := d.selected(ctx)
-	if !ok {
+	if !ok && (key == "" || end == "") {
 		return d.Generic.List(ctx, key, end, limit, revision, includeDeleted, keysOnly)
 	}
 	q, args := d.prepare(selectorsql.List(d.request(key, end, limit, revision, includeDeleted, keysOnly, s)), "HarikubeList")
