@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"k8s.io/client-go/dynamic"
+
+	"github.com/harikube/harikube/pkg/pglocal"
 )
 
 // Options configure a bench run.
@@ -166,6 +168,17 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode) (results [
 		args = append(append([]string(nil), args...), "--kube-apiserver-arg=etcd-servers="+endpoint)
 		dbDir = etcdDataDir(dir)
 		con.printf("etcd serving at %s\n", endpoint)
+	}
+
+	if m.Postgres {
+		pg, err := pglocal.Start("") // not under dir: the postgres user cannot enter it
+		if err != nil {
+			return nil, fmt.Errorf("start PostgreSQL: %w", err)
+		}
+		defer pg.Stop()
+		args = append(append([]string(nil), args...), "--datastore-endpoint="+pg.DSN())
+		dbDir = filepath.Join(pg.Dir(), "data")
+		con.printf("PostgreSQL serving at %s\n", pg.Dir())
 	}
 
 	start := time.Now()

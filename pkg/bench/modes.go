@@ -14,6 +14,8 @@ type Mode struct {
 	ServerArgs []string
 	// Etcd puts a real etcd (a separate helper process) behind the apiserver.
 	Etcd bool
+	// Postgres puts the datastore on a private PostgreSQL server.
+	Postgres bool
 }
 
 // Modes are all modes, in report order; the first is the baseline ratios
@@ -28,6 +30,7 @@ var Modes = []Mode{
 		ServerArgs: []string{"--selector-pushdown=false", "--watch-cache-custom-resources=true"}, Etcd: true},
 	{Name: "kine-stock", Description: "--unindexed-datastore: Kine's own SQLite driver without index tables, custom resources uncached",
 		ServerArgs: []string{"--unindexed-datastore"}},
+	{Name: "postgres", Description: "harikube defaults with the datastore on PostgreSQL (a private server on this machine)", Postgres: true},
 }
 
 // ParseModes turns a comma-separated list of mode names ("all" for every

@@ -1,0 +1,112 @@
+// Package pglocal runs a private PostgreSQL server for tests and benchmarks:
+// initdb and pg_ctl on a directory of its own, reachable only through a unix
+// socket in that directory, with trust authentication.
+package pglocal
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+)
+
+// ErrNotInstalled means PostgreSQL's server binaries were not found.
+var ErrNotInstalled = errors.New("PostgreSQL server binaries not found (install the postgresql package, or set HARIKUBE_PG_BIN)")
+
+// Server is a running private PostgreSQL.
+type Server struct {
+	dir, bin string
+	cred     *syscall.Credential
+	dbs      atomic.Int64
+}
+
+// BinDir finds the newest installed PostgreSQL server binaries.
+func BinDir() (string, error) {
+	if dir := os.Getenv("HARIKUBE_PG_BIN"); dir != "" {
+		return dir, nil
+	}
+	matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
+	if len(matches) > 0 {
+		sort.Strings(matches)
+		return filepath.Dir(matches[len(matches)-1]), nil
+	}
+	if path, err := exec.LookPath("initdb"); err == nil {
+		return filepath.Dir(path), nil
+	}
+	return "", ErrNotInstalled
+}
+
+// Start initialises and starts a server in a new directory under parent
+// ("" for the system temp dir). Stop removes it again.
+func Start(parent string) (*Server, error) {
+	bin, err := BinDir()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp(parent, "pg")
+	if err != nil {
+		return nil, fmt.Errorf("create PostgreSQL directory: %w", err)
+	}
+	s := &Server{dir: dir, bin: bin}
+	// initdb refuses to run as root: run the server as the postgres user.
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("running as root needs a postgres user for PostgreSQL: %w", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		if err := os.Chown(dir, uid, gid); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+		s.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	}
+	data := filepath.Join(dir, "data")
+	if err := s.run("initdb", "--auth=trust", "--username=postgres", "--encoding=UTF8", "--no-sync", "-D", data); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	opts := fmt.Sprintf("-c listen_addresses='' -c unix_socket_directories=%s -c fsync=off -c max_connections=200", dir)
+	if err := s.run("pg_ctl", "-D", data, "-o", opts, "-l", filepath.Join(dir, "log"), "-w", "-t", "60", "start"); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) run(name string, args ...string) error {
+	cmd := exec.Command(filepath.Join(s.bin, name), args...)
+	if s.cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: %w\n%s", name, err, out)
+	}
+	return nil
+}
+
+// DSN returns a postgres:// endpoint for a new, not yet existing database
+// (harikube creates it).
+func (s *Server) DSN() string {
+	return fmt.Sprintf("postgres://postgres@/harikube%d?host=%s&sslmode=disable", s.dbs.Add(1), s.dir)
+}
+
+// Dir holds the server's data and socket.
+func (s *Server) Dir() string { return s.dir }
+
+// Stop shuts the server down immediately and removes its directory.
+func (s *Server) Stop() error {
+	err := s.run("pg_ctl", "-D", filepath.Join(s.dir, "data"), "-m", "immediate", "-w", "stop")
+	if rmErr := os.RemoveAll(s.dir); err == nil {
+		err = rmErr
+	}
+	return err
+}
