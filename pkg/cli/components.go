@@ -73,7 +73,7 @@ func newComponentCommands() []*cobra.Command {
 	return []*cobra.Command{
 		cmd(roleAPIServer, "Run the upstream kube-apiserver with selector pushdown (also when called as kube-apiserver)", runAPIServer),
 		cmd(roleControllerManager, "Run the upstream kube-controller-manager (also when called as kube-controller-manager)", runControllerManager),
-		cmd(roleKine, "Run Kine with harikube's indexing SQLite driver (also when called as kine)", runKine),
+		cmd(roleKine, "Run Kine with harikube's indexing drivers (also when called as kine)", runKine),
 	}
 }
 
@@ -81,21 +81,22 @@ func newComponentCommands() []*cobra.Command {
 // --version, which the component constructors do not handle. done reports
 // that the command has been answered.
 func parseUpstream(name string, fs *pflag.FlagSet, args []string) (done bool, err error) {
-	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			fs.SetOutput(os.Stdout)
-			fmt.Fprintf(os.Stdout, "Usage of %s (harikube):\n", name)
-			fs.PrintDefaults()
-			return true, nil
-		}
-		return true, fmt.Errorf("%s: %w", name, err)
-	}
-	if help := fs.Lookup("help"); help != nil && help.Value.String() == "true" {
+	usage := func() (bool, error) {
 		fs.SetOutput(os.Stdout)
 		fmt.Fprintf(os.Stdout, "Usage of %s (harikube):\n", name)
 		fs.PrintDefaults()
 		return true, nil
+	}
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return usage()
+		}
+		return true, fmt.Errorf("%s: %w", name, err)
+	}
+	// The upstream global flags define --help themselves.
+	if help := fs.Lookup("help"); help != nil && help.Value.String() == "true" {
+		return usage()
 	}
 	if rest := fs.Args(); len(rest) > 0 {
 		return true, fmt.Errorf("%s: takes no arguments, got %q", name, rest)
