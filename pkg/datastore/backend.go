@@ -2,8 +2,10 @@ package datastore
 
 import (
 	"context"
+	"errors"
 	"sync"
 
+	"github.com/k3s-io/kine/pkg/logstructured"
 	"github.com/k3s-io/kine/pkg/server"
 	"k8s.io/apimachinery/pkg/labels"
 
@@ -16,8 +18,60 @@ import (
 // match, and filtered reads are counted in metrics.
 type backend struct {
 	server.Backend
+	log   logstructured.Log // the log beneath Backend, for Create
 	idx   *indexer
 	cache *entryCache
+}
+
+// Create is kine's logstructured Create (v0.17.5) with two faults fixed.
+// Creating a key whose newest row is a deletion takes a second append, whose
+// revision kine assigned to a shadowed variable: it answered the current
+// revision instead, so the apiserver reported a resourceVersion the object
+// does not have (an update with it failed with a conflict). And kine dropped
+// the error of the first append: a create that failed in the database (a
+// full disk) was answered as a success.
+func (b *backend) Create(ctx context.Context, key string, value []byte, lease int64) (int64, error) {
+	event := &server.Event{
+		Create: true,
+		KV:     &server.KeyValue{Key: key, Value: value, Lease: lease},
+		PrevKV: &server.KeyValue{},
+	}
+	rev, err := b.log.Append(ctx, event)
+	switch {
+	case err == nil && rev != 0:
+		return rev, nil
+	case err != nil && !errors.Is(err, server.ErrKeyExists):
+		return 0, err
+	}
+	// The key has rows: create it again only if the newest is a deletion.
+	batch, err := b.log.List(ctx, key, "", 1, 0, true, true)
+	if err != nil {
+		return 0, err
+	}
+	if len(batch.Events) == 0 || !batch.Events[0].Delete {
+		return b.currentRevision(ctx, batch.CurrentRev), server.ErrKeyExists
+	}
+	event.PrevKV.ModRevision = batch.Events[0].KV.ModRevision
+	rev, err = b.log.Append(ctx, event)
+	switch {
+	case err == nil && rev != 0:
+		return rev, nil
+	case err != nil && !errors.Is(err, server.ErrKeyExists):
+		return 0, err
+	}
+	return b.currentRevision(ctx, 0), server.ErrKeyExists
+}
+
+// currentRevision is rev, or the log's current revision when rev is 0, as
+// kine answers failed writes.
+func (b *backend) currentRevision(ctx context.Context, rev int64) int64 {
+	if rev != 0 {
+		return rev
+	}
+	if current, err := b.log.CurrentRevision(ctx); err == nil {
+		return current
+	}
+	return 0
 }
 
 func (b *backend) resourceName(key string) string {

@@ -239,5 +239,6 @@ func newIndexedBackend(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Con
 	}
 	idx.registry.Watch(func(res index.Resource) { idx.register(ctx, res) })
 	d := &dialect{Generic: g, idx: idx, param: param, numbered: numbered}
-	return &backend{Backend: logstructured.New(sqllog.New(d, wg, cfg)), idx: idx, cache: newEntryCache()}, nil
+	log := sqllog.New(d, wg, cfg)
+	return &backend{Backend: logstructured.New(log), log: log, idx: idx, cache: newEntryCache()}, nil
 }

@@ -1,0 +1,50 @@
+package datastore
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// TestRecreateAnswersItsRevision: creating a key whose newest row is a
+// deletion answers the revision the new row got, while other keys are being
+// written (kine v0.17.5 answered the current revision).
+func TestRecreateAnswersItsRevision(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s store) {
+		e := start(t, s, nil)
+		ctx := context.Background()
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { // other writes move the current revision
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				put(t, e.client, fmt.Sprintf("%sother-%d", prefix, i%10), object("other", nil, ""))
+			}
+		}()
+		defer func() { close(stop); wg.Wait() }()
+		key := prefix + "recreated"
+		for i := 0; i < 100; i++ {
+			resp, err := e.client.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", 0)).Then(clientv3.OpPut(key, object("recreated", nil, ""))).Commit()
+			if err != nil || !resp.Succeeded {
+				t.Fatalf("create %d: %v (succeeded %v)", i, err, resp != nil && resp.Succeeded)
+			}
+			got, err := e.client.Get(ctx, key)
+			if err != nil || len(got.Kvs) != 1 {
+				t.Fatalf("get after create %d: %v", i, err)
+			}
+			if rev := got.Kvs[0].ModRevision; rev != resp.Header.Revision {
+				t.Fatalf("create %d: answered revision %d, stored at %d", i, resp.Header.Revision, rev)
+			}
+			del(t, e.client, key)
+		}
+	})
+}
