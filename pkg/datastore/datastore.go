@@ -104,7 +104,7 @@ func Start(ctx context.Context, opts Options) (*Datastore, error) {
 			return nil, err
 		}
 		ds.DatabasePath = path
-		ep = "sqlite://" + path + "?" + sqlite.DefaultParams
+		ep = "sqlite://" + path + "?" + sqlite.DefaultParams + walSizeLimit
 	}
 	scheme, dsn, ok := strings.Cut(ep, "://")
 	if !ok {
@@ -136,6 +136,13 @@ func Start(ctx context.Context, opts Options) (*Datastore, error) {
 	ds.Endpoint = strings.Join(etcd.Endpoints, ",")
 	return ds, nil
 }
+
+// walSizeLimit makes SQLite truncate the write-ahead log to 4 MiB (its
+// auto-checkpoint size) whenever a checkpoint lets it start over. Without it
+// the -wal file keeps the size of the largest write burst since the start:
+// under sustained churn it grew in steps past the database itself, whatever
+// compaction removed.
+const walSizeLimit = "&_pragma=journal_size_limit(4194304)"
 
 // Wait blocks until the datastore has shut down after its context ended.
 func (d *Datastore) Wait() { d.wg.Wait() }
