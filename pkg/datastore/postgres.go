@@ -2,6 +2,7 @@ package datastore
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"strings"
@@ -60,6 +61,12 @@ func newPostgres(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Config) (
 	if connConfig.Database == "" {
 		connConfig.Database = "kubernetes"
 	}
+	// pgx prepares and caches statements; after a few runs PostgreSQL
+	// switches them to a generic plan that ignores the selector values and
+	// scans. Selective reads need plans made for their values.
+	if _, set := connConfig.RuntimeParams["plan_cache_mode"]; !set {
+		connConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
+	}
 	if err := createDatabase(ctx, connConfig); err != nil {
 		return false, nil, err
 	}
@@ -111,6 +118,9 @@ func newPostgres(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Config) (
 		}
 	}
 	b, err := newIndexedBackend(ctx, wg, cfg, g, registry, selectorsql.PostgresSchema(), "$", true)
+	if err == nil {
+		go keepStatistics(ctx, g.DB)
+	}
 	return true, b, err
 }
 
@@ -137,4 +147,28 @@ func createDatabase(ctx context.Context, c *pgx.ConnConfig) error {
 		return fmt.Errorf("create PostgreSQL database %q: %w", c.Database, err)
 	}
 	return nil
+}
+
+// keepStatistics runs ANALYZE on kine and the index tables whenever they
+// have grown by a tenth since the last run (checked every 15 s). Until
+// PostgreSQL has statistics for a table that grew quickly, it believes the
+// table is as small as it was, and plans index-driven selective reads as a
+// scan of the whole key range; autovacuum catches up only minutes later.
+func keepStatistics(ctx context.Context, db *sql.DB) {
+	analyzed := int64(-1)
+	for {
+		var rev sql.NullInt64
+		if err := db.QueryRowContext(ctx, "SELECT MAX(id) FROM kine").Scan(&rev); err == nil && (analyzed < 0 || rev.Int64-analyzed >= max(500, analyzed/10)) {
+			if _, err := db.ExecContext(ctx, "ANALYZE kine, "+selectorsql.IndexTable+", "+selectorsql.RowsTable); err != nil && ctx.Err() == nil {
+				logrus.Debugf("ANALYZE: %v", err)
+			} else {
+				analyzed = rev.Int64
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(15 * time.Second):
+		}
+	}
 }

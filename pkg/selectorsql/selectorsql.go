@@ -277,9 +277,9 @@ const (
 // tombstones, and the filter.
 func from(b *builder, req Request, f Filter) {
 	if f.Drive != "" {
-		// CROSS JOIN makes SQLite start from the candidates; PostgreSQL
-		// plans it as an inner join either way.
-		b.write(" FROM ("+f.Drive+") AS cand CROSS JOIN kine AS kv WHERE kv.id = cand.id AND ", f.DriveArgs...)
+		// The candidates are the materialised CTE cand (see withCandidates);
+		// CROSS JOIN makes SQLite start from them.
+		b.write(" FROM cand CROSS JOIN kine AS kv WHERE kv.id = cand.id AND ")
 	} else {
 		b.write(" FROM kine AS kv WHERE ")
 	}
@@ -312,13 +312,31 @@ func List(req Request) Query {
 		cols += ", kv.value"
 		nullCols += ", NULL"
 	}
-	var b builder
-	b.write("WITH ckv AS (SELECT " + currentRev + " AS current_rev, " + compactRev + " AS compact_rev), ")
-	b.write("mkv AS (SELECT " + cols)
-	from(&b, req, f)
-	b.write(" ORDER BY kv.name ASC")
+	limit := ""
 	if req.Limit > 0 {
-		b.write(" LIMIT " + strconv.FormatInt(req.Limit, 10))
+		limit = " LIMIT " + strconv.FormatInt(req.Limit, 10)
+	}
+	var b builder
+	b.write("WITH ")
+	if f.Drive != "" {
+		withCandidates(&b, f)
+		b.write(", ")
+	}
+	b.write("ckv AS (SELECT " + currentRev + " AS current_rev, " + compactRev + " AS compact_rev), ")
+	if f.Drive != "" {
+		// Matches are found from the candidates first and only then sorted
+		// and limited: with ORDER BY and LIMIT on the join itself,
+		// PostgreSQL may prefer walking the whole key range in key order
+		// (which needs no sort and could stop early) over the index.
+		b.write("sel AS MATERIALIZED (SELECT " + cols)
+		from(&b, req, f)
+		b.write("), mkv AS (SELECT * FROM sel ORDER BY name ASC" + limit)
+	} else {
+		// Without candidates, walking the key range in order and stopping
+		// at the limit is the plan wanted.
+		b.write("mkv AS (SELECT " + cols)
+		from(&b, req, f)
+		b.write(" ORDER BY kv.name ASC" + limit)
 	}
 	b.write("), fkv AS (SELECT * FROM mkv UNION ALL SELECT " + nullCols + " WHERE NOT EXISTS (SELECT * FROM mkv)) ")
 	b.write("SELECT * FROM ckv, fkv ORDER BY name ASC")
@@ -330,7 +348,21 @@ func List(req Request) Query {
 func Count(req Request) Query {
 	f := Translate(req.Selection, req.FieldIndexed, req.Range, req.AllRowsIndexed)
 	var b builder
+	if f.Drive != "" {
+		b.write("WITH ")
+		withCandidates(&b, f)
+		b.write(" ")
+	}
 	b.write("SELECT " + currentRev + ", " + compactRev + ", COUNT(*)")
 	from(&b, req, f)
 	return Query{SQL: b.sql.String(), Args: b.args}
+}
+
+// withCandidates renders the CTE cand of candidate ids, materialised so the
+// planner computes it first instead of folding it into a scan of kine.
+func withCandidates(b *builder, f Filter) {
+	if f.Drive == "" {
+		return
+	}
+	b.write("cand AS MATERIALIZED ("+f.Drive+")", f.DriveArgs...)
 }
