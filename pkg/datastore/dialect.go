@@ -37,9 +37,30 @@ func (d *dialect) selected(ctx context.Context) (selection.Selection, bool) {
 	if err != nil {
 		// An unreadable selection only costs the pushdown.
 		logrus.Debugf("Ignoring selection: %v", err)
-		return s, false
+		return selection.Selection{}, false
+	}
+	if n := selectionTerms(s); n > maxSelectionTerms {
+		// Each key and value is a bind parameter, twice when the term
+		// drives the query: past SQLite's 32,766 (PostgreSQL's 65,535)
+		// the statement fails. The apiserver filters the unfiltered range.
+		logrus.Debugf("Ignoring selection: %d keys and values, more than %d", n, maxSelectionTerms)
+		return selection.Selection{}, false
 	}
 	return s, ok
+}
+
+// maxSelectionTerms bounds the keys and values of a selection answered in
+// SQL, well below the databases' bind-parameter limits.
+const maxSelectionTerms = 8000
+
+func selectionTerms(s selection.Selection) int {
+	n := 0
+	for _, reqs := range [][]selection.Requirement{s.Labels, s.Fields} {
+		for _, r := range reqs {
+			n += 1 + len(r.Values)
+		}
+	}
+	return n
 }
 
 func (d *dialect) request(key, end string, limit, revision int64, includeDeleted, keysOnly bool, s selection.Selection) selectorsql.Request {
