@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"time"
 
 	"github.com/k3s-io/kine/pkg/server"
 	"github.com/sirupsen/logrus"
@@ -94,11 +95,8 @@ func (t *tx) Insert(ctx context.Context, key string, created, deleted bool, prev
 			return 0, err
 		}
 	} else {
-		err := t.x.QueryRowContext(ctx, t.d.InsertReturningSQL.Query, cols...).Scan(&id)
-		if errors.Is(err, sql.ErrNoRows) {
-			return 0, nil
-		}
-		if err != nil {
+		var err error
+		if id, err = t.insertReturning(ctx, cols); err != nil || id == 0 {
 			return 0, err
 		}
 	}
@@ -110,6 +108,39 @@ func (t *tx) Insert(ctx context.Context, key string, created, deleted bool, prev
 		return 0, err
 	}
 	return id, nil
+}
+
+// insertReturning runs the insert on databases whose ids come from a
+// sequence (PostgreSQL). Kine's poller fills an id it sees missing with a
+// gap row; if that lands between the sequence handing the id to this insert
+// and the row being written, the insert fails on the primary key. Kine
+// retries such inserts outside any transaction; here a savepoint keeps the
+// transaction usable for the retry.
+func (t *tx) insertReturning(ctx context.Context, cols []any) (int64, error) {
+	for attempt := 0; ; attempt++ {
+		if _, err := t.x.ExecContext(ctx, "SAVEPOINT harikube_insert"); err != nil {
+			return 0, err
+		}
+		var id int64
+		err := t.x.QueryRowContext(ctx, t.d.InsertReturningSQL.Query, cols...).Scan(&id)
+		if err == nil || errors.Is(err, sql.ErrNoRows) {
+			if _, rerr := t.x.ExecContext(ctx, "RELEASE SAVEPOINT harikube_insert"); rerr != nil {
+				return 0, rerr
+			}
+			return id, nil
+		}
+		if attempt >= 20 || t.d.InsertRetry == nil || !t.d.InsertRetry(err) {
+			return 0, err
+		}
+		if _, rerr := t.x.ExecContext(ctx, "ROLLBACK TO SAVEPOINT harikube_insert"); rerr != nil {
+			return 0, errors.Join(err, rerr)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(time.Duration(attempt+1) * 10 * time.Millisecond):
+		}
+	}
 }
 
 func boolToInt(b bool) int {
