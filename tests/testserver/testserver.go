@@ -155,6 +155,13 @@ func Start(t testing.TB, args ...string) *Server {
 		}
 		if t.Failed() {
 			t.Logf("harikube server log (%s), last lines:\n%s", s.LogPath, s.logTail())
+			// The log goes with the test's temp dir; keep a copy where CI
+			// or a developer asked for one.
+			if dir := os.Getenv("HARIKUBE_TEST_LOGS"); dir != "" {
+				if b, err := os.ReadFile(s.LogPath); err == nil && os.MkdirAll(dir, 0o755) == nil {
+					_ = os.WriteFile(filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_")+".log"), b, 0o644)
+				}
+			}
 		}
 	})
 	// Another process may take a port between FreePort and the server's
