@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -71,5 +72,66 @@ func TestHugeSelectionIsNotAnError(t *testing.T) {
 		if !slices.Contains(keys, prefix+"first") || !slices.Contains(keys, prefix+"last") {
 			t.Fatalf("huge selection: %v, want at least first and last", keys)
 		}
+	})
+}
+
+// TestProgressNeverGoesBack: a watch progress notification never carries a
+// revision older than an event the watch already received. kine's cached
+// current revision can lag behind committed (and sent) revisions when
+// concurrent writes race to update it; the apiserver's watch cache takes
+// a progress notification's revision as its own, and then served lists
+// whose resourceVersion was older than objects in them.
+func TestProgressNeverGoesBack(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s store) {
+		e := start(t, s, nil)
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		// Progress requests go to the watch stream of the same context.
+		ctx = clientv3.WithRequireLeader(ctx)
+		wc := e.client.Watch(ctx, prefix, clientv3.WithPrefix(), clientv3.WithProgressNotify())
+		// Bursts of concurrent writes, each followed by a quiet moment in
+		// which progress is requested.
+		var maxEvent int64
+		progress, events := 0, 0
+		for round := 0; round < 25 && !t.Failed(); round++ {
+			var wg sync.WaitGroup
+			for w := 0; w < 8; w++ {
+				wg.Add(1)
+				go func(w int) {
+					defer wg.Done()
+					for i := 0; i < 5; i++ {
+						put(t, e.client, fmt.Sprintf("%sw%d-%d", prefix, w, i), object("x", nil, ""))
+					}
+				}(w)
+			}
+			wg.Wait()
+			_ = e.client.RequestProgress(ctx)
+			quiet := time.After(200 * time.Millisecond)
+		drain:
+			for {
+				select {
+				case <-quiet:
+					break drain
+				case <-time.After(50 * time.Millisecond):
+					_ = e.client.RequestProgress(ctx)
+				case resp, ok := <-wc:
+					if !ok {
+						t.Fatalf("watch ended: %v", ctx.Err())
+					}
+					if resp.IsProgressNotify() {
+						progress++
+						if resp.Header.Revision < maxEvent {
+							t.Errorf("round %d: progress notification at revision %d after an event at %d", round, resp.Header.Revision, maxEvent)
+						}
+						continue
+					}
+					for _, ev := range resp.Events {
+						events++
+						maxEvent = max(maxEvent, ev.Kv.ModRevision)
+					}
+				}
+			}
+		}
+		t.Logf("%d events, %d progress notifications", events, progress)
 	})
 }

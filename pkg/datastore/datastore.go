@@ -247,5 +247,5 @@ func newIndexedBackend(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Con
 	idx.registry.Watch(func(res index.Resource) { idx.register(ctx, res) })
 	d := &dialect{Generic: g, idx: idx, param: param, numbered: numbered}
 	log := sqllog.New(d, wg, cfg)
-	return &backend{Backend: logstructured.New(log), log: log, idx: idx, cache: newEntryCache()}, nil
+	return &backend{Backend: logstructured.New(log), log: log, committed: &d.committed, idx: idx, cache: newEntryCache()}, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/k3s-io/kine/pkg/drivers/generic"
 	"github.com/k3s-io/kine/pkg/query"
@@ -23,6 +24,18 @@ type dialect struct {
 	// numbered placeholders ($1, $2, ...) for PostgreSQL, "?" for SQLite.
 	param    string
 	numbered bool
+	// committed is the highest revision committed through this dialect.
+	committed atomic.Int64
+}
+
+// noteCommitted records that revision rev is committed.
+func (d *dialect) noteCommitted(rev int64) {
+	for {
+		cur := d.committed.Load()
+		if rev <= cur || d.committed.CompareAndSwap(cur, rev) {
+			return
+		}
+	}
 }
 
 var _ server.Dialect = (*dialect)(nil)

@@ -15,11 +15,20 @@ import (
 type tx struct {
 	x *sql.Tx
 	d *dialect
+	// inserted is the highest revision this transaction inserted.
+	inserted int64
 }
 
 var _ server.Transaction = (*tx)(nil)
 
-func (t *tx) Commit() error   { return t.x.Commit() }
+func (t *tx) Commit() error {
+	err := t.x.Commit()
+	if err == nil && t.inserted != 0 {
+		t.d.noteCommitted(t.inserted)
+	}
+	return err
+}
+
 func (t *tx) Rollback() error { return t.x.Rollback() }
 
 func (t *tx) MustCommit() {
@@ -100,6 +109,7 @@ func (t *tx) Insert(ctx context.Context, key string, created, deleted bool, prev
 			return 0, err
 		}
 	}
+	t.inserted = max(t.inserted, id)
 	if deleted {
 		// Tombstones are never returned by a filtered read.
 		return id, nil
