@@ -28,6 +28,7 @@ import (
 // TestBadInput runs the bad-input cases that need a working server on one
 // server, which must keep serving after each.
 func TestBadInput(t *testing.T) {
+	t.Parallel()
 	s := testserver.Start(t)
 	createNamespace(t, s, "bad")
 	path := createCRD(t, s.Config, "reliability.harikube.io", "oddities", "Oddity", "bad")

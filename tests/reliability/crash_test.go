@@ -625,7 +625,18 @@ func checkSelectorLists(ctx context.Context, t *testing.T, a *api, k *crashKind,
 		have[name] = l.RV
 	}
 	if !maps.Equal(want, have) {
-		t.Errorf("selector list %q of %s at %d: %v; the predicate over the full list gives %v", selector, k.name, rv, have, want)
+		var diff []string
+		for name := range full {
+			if _, w := want[name]; w != (got[name].Name != "") {
+				diff = append(diff, fmt.Sprintf("%s: full list rv %d %v, selector list rv %d %v", name, full[name].RV, full[name].Labels, got[name].RV, got[name].Labels))
+			}
+		}
+		for name := range got {
+			if _, inFull := full[name]; !inFull {
+				diff = append(diff, fmt.Sprintf("%s: only in the selector list, rv %d %v", name, got[name].RV, got[name].Labels))
+			}
+		}
+		t.Errorf("selector list %q of %s at %d: %v; the predicate over the full list gives %v; differences: %s", selector, k.name, rv, have, want, strings.Join(diff, "; "))
 	}
 	return true
 }

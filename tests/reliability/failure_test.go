@@ -36,18 +36,19 @@ var (
 func seededDataDir(t *testing.T) string {
 	t.Helper()
 	seedOnce.Do(func() {
+		seedErr = errors.New("the seed server failed (see the first test that needed it)")
 		dir, err := os.MkdirTemp("", "harikube-seed-")
 		if err != nil {
 			seedErr = err
 			return
 		}
+		seedDir = dir
 		s := testserver.Start(t, "--data-dir", dir)
 		_, seedErr = s.Client.CoreV1().ConfigMaps("default").Create(context.Background(),
 			&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "seed"}, Data: map[string]string{"k": "seeded"}}, metav1.CreateOptions{})
 		if code := s.Stop(t); code != 0 && seedErr == nil {
 			seedErr = fmt.Errorf("seed server exited with %d", code)
 		}
-		seedDir = dir
 	})
 	if seedErr != nil {
 		t.Fatalf("seed data directory: %v", seedErr)
@@ -113,6 +114,7 @@ func fileHash(t *testing.T, path string) [32]byte {
 // data is read: the start must then fail too, or serve — but never rewrite
 // the file into something else silently.
 func TestCorruptDatabase(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name   string
 		damage func(t *testing.T, path string)
@@ -214,6 +216,7 @@ func writeFile(t *testing.T, path string, b []byte) {
 // works — and otherwise exits non-zero with one line saying the database is
 // locked by another process, without touching the file.
 func TestLockedDatabase(t *testing.T) {
+	t.Parallel()
 	lock := func(t *testing.T, path string) (release func()) {
 		t.Helper()
 		db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(5000)")
@@ -289,6 +292,7 @@ func TestLockedDatabase(t *testing.T) {
 // stops kube-controller-manager, and harikube then exits as a whole (as
 // upstream's controller manager exits; not changed here).
 func TestDiskFull(t *testing.T) {
+	t.Parallel()
 	mnt := t.TempDir()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to mount a tmpfs as the data directory")
