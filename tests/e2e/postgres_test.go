@@ -44,7 +44,7 @@ func TestPostgresRestartKeepsObjects(t *testing.T) {
 	if len(list.Items) != 10 {
 		t.Fatalf("even=true after restart: %d objects, want 10", len(list.Items))
 	}
-	if metric(t, s, "harikube_datastore_selection_rows_total", `resource="gadgets.pushdown.harikube.io"`) != 10 {
+	if s.Metric(t, "harikube_datastore_selection_rows_total", `resource="gadgets.pushdown.harikube.io"`) != 10 {
 		t.Fatal("the selector list after restart was not answered by the index")
 	}
 }

@@ -121,33 +121,6 @@ func createAll(t *testing.T, dyn dynamic.NamespaceableResourceInterface, objs []
 	}
 }
 
-// metric reads one sample of a counter from /metrics (0 when absent).
-func metric(t *testing.T, s *testserver.Server, name string, lbls ...string) float64 {
-	t.Helper()
-	body, err := s.Client.Discovery().RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
-	if err != nil {
-		t.Fatalf("read metrics: %v", err)
-	}
-	var total float64
-	for _, line := range strings.Split(string(body), "\n") {
-		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-			continue
-		}
-		ok := true
-		for _, l := range lbls {
-			if !strings.Contains(line, l) {
-				ok = false
-			}
-		}
-		if ok {
-			var v float64
-			fmt.Sscanf(line[strings.LastIndex(line, " ")+1:], "%g", &v)
-			total += v
-		}
-	}
-	return total
-}
-
 func names(items []unstructured.Unstructured) []string {
 	out := make([]string, 0, len(items))
 	for _, i := range items {
@@ -177,7 +150,7 @@ func testPushdownAtScale(t *testing.T, datastoreArgs []string) {
 	ctx := context.Background()
 
 	t.Run("ten matches", func(t *testing.T) {
-		rowsBefore := metric(t, s, "harikube_datastore_selection_rows_total", `resource="gadgets.pushdown.harikube.io"`)
+		rowsBefore := s.Metric(t, "harikube_datastore_selection_rows_total", `resource="gadgets.pushdown.harikube.io"`)
 		list, err := dyn.Namespace("default").List(ctx, metav1.ListOptions{LabelSelector: "mod1000=7"})
 		if err != nil {
 			t.Fatal(err)
@@ -186,7 +159,7 @@ func testPushdownAtScale(t *testing.T, datastoreArgs []string) {
 		if got := names(list.Items); fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Fatalf("got %v, want %v", got, want)
 		}
-		rows := metric(t, s, "harikube_datastore_selection_rows_total", `resource="gadgets.pushdown.harikube.io"`) - rowsBefore
+		rows := s.Metric(t, "harikube_datastore_selection_rows_total", `resource="gadgets.pushdown.harikube.io"`) - rowsBefore
 		if rows == 0 || rows > 10 {
 			t.Fatalf("datastore returned %v rows for 10 matches", rows)
 		}
@@ -272,7 +245,7 @@ func testPushdownAtScale(t *testing.T, datastoreArgs []string) {
 		if fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Fatalf("got %v, want %v", got, want)
 		}
-		if metric(t, s, "harikube_apiserver_pushdown_requests_total", `verb="watch"`) < 1 {
+		if s.Metric(t, "harikube_apiserver_pushdown_requests_total", `verb="watch"`) < 1 {
 			t.Fatal("the watch was not pushed down")
 		}
 	})
@@ -296,7 +269,7 @@ func testBuiltinFieldSelectors(t *testing.T, datastoreArgs []string) {
 			t.Fatal(err)
 		}
 	}
-	before := metric(t, s, "harikube_datastore_selection_requests_total", `resource="pods"`)
+	before := s.Metric(t, "harikube_datastore_selection_requests_total", `resource="pods"`)
 	pods, err := s.Client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=node1"})
 	if err != nil {
 		t.Fatal(err)
@@ -308,7 +281,7 @@ func testBuiltinFieldSelectors(t *testing.T, datastoreArgs []string) {
 	if fmt.Sprint(got) != "[p0 p2]" {
 		t.Fatalf("spec.nodeName=node1: got %v (no substring matches allowed)", got)
 	}
-	if metric(t, s, "harikube_datastore_selection_requests_total", `resource="pods"`) <= before {
+	if s.Metric(t, "harikube_datastore_selection_requests_total", `resource="pods"`) <= before {
 		t.Fatal("pod field selector did not reach the datastore")
 	}
 	pods, err = s.Client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName!=node1"})
@@ -336,7 +309,7 @@ func testBuiltinFieldSelectors(t *testing.T, datastoreArgs []string) {
 	if len(events.Items) != 2 {
 		t.Fatalf("involvedObject.name=web: got %d events, want 2", len(events.Items))
 	}
-	if metric(t, s, "harikube_datastore_selection_requests_total", `resource="events"`) < 1 {
+	if s.Metric(t, "harikube_datastore_selection_requests_total", `resource="events"`) < 1 {
 		t.Fatal("event field selector did not reach the datastore")
 	}
 }
@@ -521,7 +494,7 @@ func testDifferentialThroughServer(t *testing.T, datastoreArgs []string) {
 	if len(failures) > 0 {
 		t.Fatalf("%d of %d selectors differ from the upstream predicate, e.g. %s", len(failures), cases, failures[0])
 	}
-	if pushed := metric(t, s, "harikube_apiserver_pushdown_requests_total", `resource="gadgets.pushdown.harikube.io"`); pushed < cases/2 {
+	if pushed := s.Metric(t, "harikube_apiserver_pushdown_requests_total", `resource="gadgets.pushdown.harikube.io"`); pushed < cases/2 {
 		t.Fatalf("only %v of %d lists were pushed down", pushed, cases)
 	}
 	t.Logf("%d selectors matched the upstream predicate", cases)

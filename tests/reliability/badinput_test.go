@@ -96,7 +96,7 @@ func TestBadInput(t *testing.T) {
 			vals = append(vals, short(i))
 		}
 		sel := "app in (" + strings.Join(vals, ",") + ")"
-		before := metric(t, s, "harikube_datastore_selection_requests_total", `resource="oddities.reliability.harikube.io"`)
+		before := s.Metric(t, "harikube_datastore_selection_requests_total", `resource="oddities.reliability.harikube.io"`)
 		code, body = get(t, path+"?labelSelector="+url.QueryEscape(sel))
 		if code != http.StatusOK {
 			t.Fatalf("40,000-value labelSelector: status %d; body %.300s", code, body)
@@ -106,7 +106,7 @@ func TestBadInput(t *testing.T) {
 		}
 		// It reaches the datastore, which answers it unfiltered (more
 		// values than SQL takes as parameters); the apiserver filters.
-		if metric(t, s, "harikube_datastore_selection_requests_total", `resource="oddities.reliability.harikube.io"`) <= before {
+		if s.Metric(t, "harikube_datastore_selection_requests_total", `resource="oddities.reliability.harikube.io"`) <= before {
 			t.Errorf("the 40,000-value selector did not reach the datastore")
 		}
 		t.Logf("40,000-value labelSelector (%d KiB): %d, exact", len(sel)/1024, code)
@@ -172,7 +172,7 @@ func TestBadInput(t *testing.T) {
 			t.Fatal(err)
 		}
 		checked := 0
-		before := metric(t, s, "harikube_datastore_selection_requests_total", `resource="oddities.reliability.harikube.io"`)
+		before := s.Metric(t, "harikube_datastore_selection_requests_total", `resource="oddities.reliability.harikube.io"`)
 		for _, v := range values {
 			for _, op := range []string{"=", "!="} {
 				sel := "spec.value" + op + fields.EscapeValue(v)
@@ -200,7 +200,7 @@ func TestBadInput(t *testing.T) {
 				checked++
 			}
 		}
-		if pushed := metric(t, s, "harikube_datastore_selection_requests_total", `resource="oddities.reliability.harikube.io"`) - before; pushed < float64(checked) {
+		if pushed := s.Metric(t, "harikube_datastore_selection_requests_total", `resource="oddities.reliability.harikube.io"`) - before; pushed < float64(checked) {
 			t.Errorf("%v of the %d field-selector lists reached the datastore", pushed, checked)
 		}
 		t.Logf("%d field selectors over %d hostile values exact, all answered in the datastore", checked, len(values))

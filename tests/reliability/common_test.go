@@ -215,34 +215,6 @@ func etcdClient(t testing.TB, dataDir string) *clientv3.Client {
 	return c
 }
 
-// metric sums the samples of a metric from /metrics whose label text
-// contains every one of lbls.
-func metric(t testing.TB, s *testserver.Server, name string, lbls ...string) float64 {
-	t.Helper()
-	body, err := s.Client.Discovery().RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
-	if err != nil {
-		t.Fatalf("read metrics: %v", err)
-	}
-	var total float64
-	for _, line := range strings.Split(string(body), "\n") {
-		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-			continue
-		}
-		ok := true
-		for _, l := range lbls {
-			if !strings.Contains(line, l) {
-				ok = false
-			}
-		}
-		if ok {
-			var v float64
-			fmt.Sscanf(line[strings.LastIndex(line, " ")+1:], "%g", &v)
-			total += v
-		}
-	}
-	return total
-}
-
 func sortedKeys[V any](m map[string]V) []string {
 	out := make([]string, 0, len(m))
 	for k := range m {

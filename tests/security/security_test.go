@@ -665,7 +665,7 @@ func TestSecretsEncryptionWithPushdown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := metric(t, s, "harikube_datastore_selection_requests_total", `resource="secrets"`)
+	before := s.Metric(t, "harikube_datastore_selection_requests_total", `resource="secrets"`)
 	selectors := []string{"tier=gold", "tier!=gold", "tier in (silver,bronze)", "!tier", "tier", "idx>20", "idx<5,tier=silver", "tier notin (gold),idx>10"}
 	for _, selector := range selectors {
 		sel, _ := labels.Parse(selector)
@@ -689,7 +689,7 @@ func TestSecretsEncryptionWithPushdown(t *testing.T) {
 			t.Errorf("list %q: %v, the predicate gives %v", selector, keys(have), keys(want))
 		}
 	}
-	if pushed := metric(t, s, "harikube_datastore_selection_requests_total", `resource="secrets"`) - before; pushed < float64(len(selectors)) {
+	if pushed := s.Metric(t, "harikube_datastore_selection_requests_total", `resource="secrets"`) - before; pushed < float64(len(selectors)) {
 		t.Errorf("harikube_datastore_selection_requests_total{resource=\"secrets\"} rose by %v for %d selector lists", pushed, len(selectors))
 	}
 
@@ -740,28 +740,4 @@ func keys(m map[string]bool) []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-// metric sums the samples of a metric whose labels contain every lbls.
-func metric(t *testing.T, s *testserver.Server, name string, lbls ...string) float64 {
-	t.Helper()
-	body, err := s.Client.Discovery().RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
-	if err != nil {
-		t.Fatalf("read metrics: %v", err)
-	}
-	var total float64
-	for _, line := range strings.Split(string(body), "\n") {
-		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-			continue
-		}
-		ok := true
-		for _, l := range lbls {
-			ok = ok && strings.Contains(line, l)
-		}
-		if ok {
-			v, _ := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64)
-			total += v
-		}
-	}
-	return total
 }

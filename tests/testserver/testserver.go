@@ -431,3 +431,29 @@ func flagValue(args []string, long, short string) string {
 	}
 	return v
 }
+
+// Metric sums the samples of a metric from the apiserver's /metrics whose
+// label text contains every one of lbls (0 when there are none).
+func (s *Server) Metric(t testing.TB, name string, lbls ...string) float64 {
+	t.Helper()
+	body, err := s.Client.Discovery().RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
+	if err != nil {
+		t.Fatalf("read metrics: %v", err)
+	}
+	var total float64
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		ok := true
+		for _, l := range lbls {
+			ok = ok && strings.Contains(line, l)
+		}
+		if ok {
+			var v float64
+			fmt.Sscanf(line[strings.LastIndex(line, " ")+1:], "%g", &v)
+			total += v
+		}
+	}
+	return total
+}
