@@ -60,6 +60,10 @@ type Result struct {
 	ServerPeakRSSBytes int64 `json:"server_peak_rss_bytes"`
 	// EtcdPeakRSSBytes is the etcd helper's, in the etcd mode.
 	EtcdPeakRSSBytes int64 `json:"etcd_peak_rss_bytes,omitempty"`
+	// ServerPeakAnonBytes and EtcdPeakAnonBytes are the largest RssAnon
+	// sampled: the processes' own memory, without the executable's pages.
+	ServerPeakAnonBytes int64 `json:"server_peak_anon_bytes"`
+	EtcdPeakAnonBytes   int64 `json:"etcd_peak_anon_bytes,omitempty"`
 	// DatabaseBytes is the size of the database files (SQLite with its WAL,
 	// or etcd's data directory) after the size was measured.
 	DatabaseBytes int64 `json:"database_bytes"`
@@ -207,6 +211,7 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode) (results [
 		if res.ServerPeakRSSBytes, err = srv.peakRSS(); err != nil {
 			return results, err
 		}
+		res.ServerPeakAnonBytes = srv.peakAnon.Load()
 		if etcd != nil {
 			if err := checkEtcdHolds(ctx, endpoint, n); err != nil {
 				return results, err
@@ -214,11 +219,13 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode) (results [
 			if res.EtcdPeakRSSBytes, err = etcd.peakRSS(); err != nil {
 				return results, err
 			}
+			res.EtcdPeakAnonBytes = etcd.peakAnon.Load()
 		}
 		if res.DatabaseBytes, err = dirSize(dbDir); err != nil {
 			return results, fmt.Errorf("database size: %w", err)
 		}
-		con.printf("N=%d: peak RSS %s, database %s\n", n, mib(res.ServerPeakRSSBytes+res.EtcdPeakRSSBytes), mib(res.DatabaseBytes))
+		con.printf("N=%d: peak RSS %s (anonymous %s), database %s\n", n, mib(res.ServerPeakRSSBytes+res.EtcdPeakRSSBytes),
+			mib(res.ServerPeakAnonBytes+res.EtcdPeakAnonBytes), mib(res.DatabaseBytes))
 		results = append(results, res)
 	}
 

@@ -140,12 +140,16 @@ func (r *Report) WriteText(w io.Writer) {
 		rows = append(rows, r.single("peak RSS, MiB", modes, n, func(res Result) float64 {
 			return float64(res.ServerPeakRSSBytes+res.EtcdPeakRSSBytes) / (1 << 20)
 		}))
+		rows = append(rows, r.single("peak anonymous RSS, MiB", modes, n, func(res Result) float64 {
+			return float64(res.ServerPeakAnonBytes+res.EtcdPeakAnonBytes) / (1 << 20)
+		}))
 		rows = append(rows, r.single("database on disk, MiB", modes, n, func(res Result) float64 { return float64(res.DatabaseBytes) / (1 << 20) }))
 		rows = append(rows, r.single("server start, s", modes, n, func(res Result) float64 { return res.StartupSeconds }))
 		writeTable(w, rows)
 		for _, m := range modes {
 			if res, ok := r.result(m, n); ok && res.EtcdPeakRSSBytes > 0 {
-				fmt.Fprintf(w, "(%s peak RSS: server %s + etcd %s)\n", m, mib(res.ServerPeakRSSBytes), mib(res.EtcdPeakRSSBytes))
+				fmt.Fprintf(w, "(%s peak RSS: server %s + etcd %s; anonymous: server %s + etcd %s)\n", m,
+					mib(res.ServerPeakRSSBytes), mib(res.EtcdPeakRSSBytes), mib(res.ServerPeakAnonBytes), mib(res.EtcdPeakAnonBytes))
 			}
 		}
 		fmt.Fprintln(w)

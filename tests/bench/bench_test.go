@@ -80,6 +80,9 @@ func TestBenchAllModes(t *testing.T) {
 		if res.ServerPeakRSSBytes <= 0 || res.DatabaseBytes <= 0 {
 			t.Errorf("%s: peak RSS %d, database %d bytes; want both positive", res.Mode, res.ServerPeakRSSBytes, res.DatabaseBytes)
 		}
+		if res.ServerPeakAnonBytes <= 0 || res.ServerPeakAnonBytes > res.ServerPeakRSSBytes {
+			t.Errorf("%s: peak anonymous RSS %d, want positive and at most the peak RSS %d", res.Mode, res.ServerPeakAnonBytes, res.ServerPeakRSSBytes)
+		}
 		if (res.Mode == "etcd") != (res.EtcdPeakRSSBytes > 0) {
 			t.Errorf("%s: etcd peak RSS %d", res.Mode, res.EtcdPeakRSSBytes)
 		}
