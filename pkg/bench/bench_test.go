@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -72,17 +73,30 @@ func TestPercentile(t *testing.T) {
 }
 
 func TestParseModes(t *testing.T) {
-	ms, err := ParseModes("etcd,harikube")
-	if err != nil || len(ms) != 2 || ms[0].Name != "etcd" || !ms[0].Etcd || ms[1].Name != "harikube" {
+	ms, _, err := ParseModes("etcd,harikube")
+	if err != nil || len(ms) != 2 || ms[0].Name != "etcd" || ms[1].Name != "harikube" {
 		t.Errorf("ParseModes(etcd,harikube) = %v, %v", ModeNames(ms), err)
 	}
-	if ms, err := ParseModes("all"); err != nil || len(ms) != len(Modes) {
-		t.Errorf("ParseModes(all) = %v, %v", ModeNames(ms), err)
-	}
 	for _, bad := range []string{"nosuch", "harikube,harikube", "harikube,"} {
-		if _, err := ParseModes(bad); err == nil {
+		if _, _, err := ParseModes(bad); err == nil {
 			t.Errorf("ParseModes(%q) accepted", bad)
 		}
+	}
+}
+
+// Without PostgreSQL, "all" runs the other modes and says why postgres was
+// skipped, while a postgres mode asked for by name fails before any run.
+func TestParseModesWithoutPostgres(t *testing.T) {
+	t.Setenv("HARIKUBE_PG_BIN", t.TempDir()) // a directory without initdb
+	ms, skipped, err := ParseModes("all")
+	if err != nil || len(ms) != len(Modes)-1 || slices.Contains(ModeNames(ms), "postgres") {
+		t.Errorf("ParseModes(all) = %v, %v; want every mode but postgres", ModeNames(ms), err)
+	}
+	if len(skipped) != 1 || !strings.HasPrefix(skipped[0], "postgres: ") || !strings.Contains(skipped[0], "install the postgresql package") {
+		t.Errorf("skipped = %q, want postgres with a hint to install it", skipped)
+	}
+	if _, _, err := ParseModes("harikube,postgres"); err == nil || !strings.Contains(err.Error(), "mode postgres cannot run here") {
+		t.Errorf("ParseModes(harikube,postgres) = %v, want an error naming postgres", err)
 	}
 }
 

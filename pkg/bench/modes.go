@@ -3,6 +3,8 @@ package bench
 import (
 	"fmt"
 	"strings"
+
+	"github.com/harikube/harikube/pkg/pglocal"
 )
 
 // Mode is one way of running the control plane that the bench compares.
@@ -33,27 +35,46 @@ var Modes = []Mode{
 	{Name: "postgres", Description: "harikube defaults with the datastore on PostgreSQL (a private server on this machine)", Postgres: true},
 }
 
-// ParseModes turns a comma-separated list of mode names ("all" for every
-// mode) into modes, in the order given.
-func ParseModes(list string) ([]Mode, error) {
-	if strings.TrimSpace(list) == "" || list == "all" {
-		return Modes, nil
+// Unavailable says why the mode cannot run on this machine; nil means it can.
+func (m Mode) Unavailable() error {
+	if m.Postgres {
+		return pglocal.Available()
 	}
-	var out []Mode
+	return nil
+}
+
+// ParseModes turns a comma-separated list of mode names into modes, in the
+// order given. "all" is every mode this machine can run, and skipped says
+// why the others were left out; a mode named explicitly that cannot run is
+// an error, before anything has been measured.
+func ParseModes(list string) (modes []Mode, skipped []string, err error) {
+	if strings.TrimSpace(list) == "" || list == "all" {
+		for _, m := range Modes {
+			if err := m.Unavailable(); err != nil {
+				skipped = append(skipped, fmt.Sprintf("%s: %v", m.Name, err))
+				continue
+			}
+			modes = append(modes, m)
+		}
+		return modes, skipped, nil
+	}
 	seen := map[string]bool{}
 	for _, name := range strings.Split(list, ",") {
 		name = strings.TrimSpace(name)
 		m, ok := modeByName(name)
 		if !ok {
-			return nil, fmt.Errorf("unknown mode %q (modes: %s)", name, strings.Join(ModeNames(Modes), ", "))
+			return nil, nil, fmt.Errorf("unknown mode %q (modes: %s)", name, strings.Join(ModeNames(Modes), ", "))
 		}
 		if seen[name] {
-			return nil, fmt.Errorf("mode %q given twice", name)
+			return nil, nil, fmt.Errorf("mode %q given twice", name)
+		}
+		if err := m.Unavailable(); err != nil {
+			return nil, nil, fmt.Errorf("mode %s cannot run here: %w", name, err)
 		}
 		seen[name] = true
-		out = append(out, m)
+		modes = append(modes, m)
 	}
-	return out, nil
+	return modes, nil, nil
 }
 
 // ModeNames lists the names of modes.

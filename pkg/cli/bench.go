@@ -27,7 +27,9 @@ a paginated LIST of everything, a label-selector WATCH and creates, checks every
 and prints a table per size and the issue's targets. A wrong result fails the run.
 
 Modes: harikube (defaults), no-pushdown, upstream (watch cache, no pushdown), etcd (a real
-etcd behind the same apiserver), kine-stock (Kine's own SQLite driver, no index).`,
+etcd behind the same apiserver), kine-stock (Kine's own SQLite driver, no index), postgres
+(harikube on a private PostgreSQL server; needs the postgresql package, so "all" leaves it out
+where PostgreSQL is not installed).`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			var err error
@@ -45,8 +47,12 @@ etcd behind the same apiserver), kine-stock (Kine's own SQLite driver, no index)
 			if err != nil {
 				return err
 			}
-			if opts.Modes, err = bench.ParseModes(modes); err != nil {
+			var skipped []string
+			if opts.Modes, skipped, err = bench.ParseModes(modes); err != nil {
 				return err
+			}
+			for _, why := range skipped {
+				fmt.Fprintf(c.ErrOrStderr(), "skipping mode %s\n", why)
 			}
 			opts.Binary = binary
 			opts.Out = c.OutOrStdout()

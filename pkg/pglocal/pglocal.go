@@ -42,6 +42,35 @@ func BinDir() (string, error) {
 	return "", ErrNotInstalled
 }
 
+// Available says whether Start can work here: it needs the server binaries
+// and, for root, a postgres user to run them as.
+func Available() error {
+	bin, err := BinDir()
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(bin, "initdb")); err != nil {
+		return fmt.Errorf("%w: %v", ErrNotInstalled, err)
+	}
+	_, err = serverUser()
+	return err
+}
+
+// serverUser is the account the server runs as: nil for the current one.
+// initdb refuses to run as root, so root runs it as the postgres user.
+func serverUser() (*syscall.Credential, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return nil, fmt.Errorf("running as root needs a postgres user for PostgreSQL: %w", err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
+}
+
 // Start initialises and starts a server in a new directory under parent
 // ("" for the system temp dir). Stop removes it again.
 func Start(parent string) (*Server, error) {
@@ -49,25 +78,20 @@ func Start(parent string) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	cred, err := serverUser()
+	if err != nil {
+		return nil, err
+	}
 	dir, err := os.MkdirTemp(parent, "pg")
 	if err != nil {
 		return nil, fmt.Errorf("create PostgreSQL directory: %w", err)
 	}
-	s := &Server{dir: dir, bin: bin}
-	// initdb refuses to run as root: run the server as the postgres user.
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			os.RemoveAll(dir)
-			return nil, fmt.Errorf("running as root needs a postgres user for PostgreSQL: %w", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		if err := os.Chown(dir, uid, gid); err != nil {
+	s := &Server{dir: dir, bin: bin, cred: cred}
+	if cred != nil {
+		if err := os.Chown(dir, int(cred.Uid), int(cred.Gid)); err != nil {
 			os.RemoveAll(dir)
 			return nil, err
 		}
-		s.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
 	}
 	data := filepath.Join(dir, "data")
 	if err := s.run("initdb", "--auth=trust", "--username=postgres", "--encoding=UTF8", "--no-sync", "-D", data); err != nil {
