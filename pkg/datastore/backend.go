@@ -102,8 +102,9 @@ func (b *backend) resourceName(key string) string {
 }
 
 func (b *backend) List(ctx context.Context, key, end string, limit, revision int64, keysOnly bool) (int64, []*server.KeyValue, error) {
+	ctx, _, selected, _ := selection.WithDecoded(ctx)
 	rev, kvs, err := b.Backend.List(ctx, key, end, limit, revision, keysOnly)
-	if _, ok, _ := selection.FromIncomingContext(ctx); ok && err == nil {
+	if selected && err == nil {
 		name := b.resourceName(key)
 		metricRequests.WithLabelValues(name, "list").Inc()
 		metricRows.WithLabelValues(name).Add(float64(len(kvs)))
@@ -112,8 +113,9 @@ func (b *backend) List(ctx context.Context, key, end string, limit, revision int
 }
 
 func (b *backend) ListStream(ctx context.Context, key, end string, limit, revision int64, keysOnly bool) server.ListResult {
+	ctx, _, selected, _ := selection.WithDecoded(ctx)
 	res := b.Backend.ListStream(ctx, key, end, limit, revision, keysOnly)
-	if _, ok, _ := selection.FromIncomingContext(ctx); !ok || res.KVc == nil {
+	if !selected || res.KVc == nil {
 		return res
 	}
 	name := b.resourceName(key)
@@ -134,7 +136,8 @@ func (b *backend) ListStream(ctx context.Context, key, end string, limit, revisi
 }
 
 func (b *backend) Count(ctx context.Context, key, end string, revision int64) (int64, int64, error) {
-	if _, ok, _ := selection.FromIncomingContext(ctx); ok {
+	ctx, _, selected, _ := selection.WithDecoded(ctx)
+	if selected {
 		metricRequests.WithLabelValues(b.resourceName(key), "count").Inc()
 	}
 	return b.Backend.Count(ctx, key, end, revision)

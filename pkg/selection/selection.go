@@ -121,8 +121,35 @@ func NewOutgoingContext(ctx context.Context, s Selection) (context.Context, erro
 
 // FromIncomingContext returns the selection a client attached to a request.
 // ok is false when there is none; an undecodable one is an error, which the
-// datastore treats as "no selection".
+// datastore treats as "no selection". Below WithDecoded it returns the
+// selection decoded there.
 func FromIncomingContext(ctx context.Context) (s Selection, ok bool, err error) {
+	if d, found := ctx.Value(decodedKey{}).(decoded); found {
+		return d.s, d.ok, d.err
+	}
+	return decodeIncoming(ctx)
+}
+
+// WithDecoded decodes the request's selection once and keeps the result in
+// the returned context, so that the layers a request passes through (the
+// datastore's backend, then its SQL dialect) do not each decode it again.
+func WithDecoded(ctx context.Context) (_ context.Context, s Selection, ok bool, err error) {
+	if d, found := ctx.Value(decodedKey{}).(decoded); found {
+		return ctx, d.s, d.ok, d.err
+	}
+	s, ok, err = decodeIncoming(ctx)
+	return context.WithValue(ctx, decodedKey{}, decoded{s: s, ok: ok, err: err}), s, ok, err
+}
+
+type decodedKey struct{}
+
+type decoded struct {
+	s   Selection
+	ok  bool
+	err error
+}
+
+func decodeIncoming(ctx context.Context) (s Selection, ok bool, err error) {
 	md, found := metadata.FromIncomingContext(ctx)
 	if !found {
 		return s, false, nil

@@ -72,6 +72,34 @@ func TestUndecodableMetadataIsAnError(t *testing.T) {
 	}
 }
 
+// Below WithDecoded the selection comes from the context value, not from
+// decoding the metadata again: replacing the metadata underneath shows it.
+func TestWithDecodedDecodesOnce(t *testing.T) {
+	ls, err := labels.Parse("app=web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := FromSelectors(ls, nil)
+	v, err := want.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, got, ok, err := WithDecoded(metadata.NewIncomingContext(context.Background(), metadata.Pairs(MetadataKey, v)))
+	if err != nil || !ok || !same(got, want) {
+		t.Fatalf("WithDecoded = %+v, %v, %v; want %+v", got, ok, err, want)
+	}
+	below := metadata.NewIncomingContext(ctx, metadata.Pairs(MetadataKey, "{"))
+	if got, ok, err := FromIncomingContext(below); err != nil || !ok || !same(got, want) {
+		t.Fatalf("FromIncomingContext below WithDecoded = %+v, %v, %v; want %+v", got, ok, err, want)
+	}
+	if again, got, _, _ := WithDecoded(below); again != below || !same(got, want) {
+		t.Fatalf("WithDecoded twice decoded again: %+v", got)
+	}
+	if _, ok, err := FromIncomingContext(metadata.NewIncomingContext(context.Background(), metadata.Pairs(MetadataKey, "{"))); ok || err == nil {
+		t.Fatalf("without WithDecoded the metadata is decoded: ok=%v err=%v, want an error", ok, err)
+	}
+}
+
 func TestMatchFieldsUnknownFieldsMatch(t *testing.T) {
 	s := FromSelectors(nil, fields.ParseSelectorOrDie("spec.nodeName=a,status.phase!=Running"))
 	known := func(f string) bool { return f == "spec.nodeName" }
