@@ -15,7 +15,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
-	apiextensionsclient "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/fields"
@@ -42,45 +41,11 @@ func forEachDatastore(t *testing.T, test func(t *testing.T, datastoreArgs []stri
 
 var gadgets = schema.GroupVersionResource{Group: "pushdown.harikube.io", Version: "v1", Resource: "gadgets"}
 
-// createGadgetCRD installs a namespaced CRD with the selectable field
-// spec.color and waits until it is served.
+// createGadgetCRD installs Gadgets: spec.color (selectable) and spec.payload.
 func createGadgetCRD(t *testing.T, cfg *rest.Config) dynamic.NamespaceableResourceInterface {
-	t.Helper()
-	ctx := context.Background()
-	ext := apiextensionsclient.NewForConfigOrDie(cfg)
-	crd := &apiextensionsv1.CustomResourceDefinition{
-		ObjectMeta: metav1.ObjectMeta{Name: "gadgets.pushdown.harikube.io"},
-		Spec: apiextensionsv1.CustomResourceDefinitionSpec{
-			Group: "pushdown.harikube.io",
-			Names: apiextensionsv1.CustomResourceDefinitionNames{Plural: "gadgets", Singular: "gadget", Kind: "Gadget", ListKind: "GadgetList"},
-			Scope: apiextensionsv1.NamespaceScoped,
-			Versions: []apiextensionsv1.CustomResourceDefinitionVersion{{
-				Name: "v1", Served: true, Storage: true,
-				SelectableFields: []apiextensionsv1.SelectableField{{JSONPath: ".spec.color"}},
-				Schema: &apiextensionsv1.CustomResourceValidation{OpenAPIV3Schema: &apiextensionsv1.JSONSchemaProps{
-					Type: "object",
-					Properties: map[string]apiextensionsv1.JSONSchemaProps{
-						"spec": {Type: "object", Properties: map[string]apiextensionsv1.JSONSchemaProps{
-							"color":   {Type: "string"},
-							"payload": {Type: "string"},
-						}},
-					},
-				}},
-			}},
-		},
-	}
-	if _, err := ext.ApiextensionsV1().CustomResourceDefinitions().Create(ctx, crd, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create CRD: %v", err)
-	}
-	dyn := dynamic.NewForConfigOrDie(cfg).Resource(gadgets)
-	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
-		_, err := dyn.Namespace("default").List(ctx, metav1.ListOptions{Limit: 1})
-		return err == nil, nil
+	return installColorCRD(t, cfg, gadgets, "Gadget", map[string]apiextensionsv1.JSONSchemaProps{
+		"color": {Type: "string"}, "payload": {Type: "string"},
 	})
-	if err != nil {
-		t.Fatalf("CRD not served: %v", err)
-	}
-	return dyn
 }
 
 func gadget(name string, lbls map[string]string, color string) *unstructured.Unstructured {

@@ -16,7 +16,6 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
-	apiextensionsclient "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -152,41 +151,11 @@ func testNamespaceAndConfigMap(t *testing.T, c kubernetes.Interface) {
 	}
 }
 
-// createWidgetCRD installs the cluster's Widget CRD, with spec.color as a
-// selectable field, and waits until it is served.
+// createWidgetCRD installs Widgets: spec.color (selectable) and spec.size.
 func createWidgetCRD(t *testing.T, cfg *rest.Config) dynamic.NamespaceableResourceInterface {
-	t.Helper()
-	crd := &apiextensionsv1.CustomResourceDefinition{
-		ObjectMeta: metav1.ObjectMeta{Name: "widgets.e2e.harikube.io"},
-		Spec: apiextensionsv1.CustomResourceDefinitionSpec{
-			Group: widgetsGVR.Group,
-			Names: apiextensionsv1.CustomResourceDefinitionNames{Plural: "widgets", Singular: "widget", Kind: "Widget", ListKind: "WidgetList"},
-			Scope: apiextensionsv1.NamespaceScoped,
-			Versions: []apiextensionsv1.CustomResourceDefinitionVersion{{
-				Name: "v1", Served: true, Storage: true,
-				SelectableFields: []apiextensionsv1.SelectableField{{JSONPath: ".spec.color"}},
-				Schema: &apiextensionsv1.CustomResourceValidation{OpenAPIV3Schema: &apiextensionsv1.JSONSchemaProps{
-					Type: "object",
-					Properties: map[string]apiextensionsv1.JSONSchemaProps{
-						"spec": {Type: "object", Properties: map[string]apiextensionsv1.JSONSchemaProps{
-							"color": {Type: "string"},
-							"size":  {Type: "integer"},
-						}},
-					},
-				}},
-			}},
-		},
-	}
-	ext := apiextensionsclient.NewForConfigOrDie(cfg)
-	if _, err := ext.ApiextensionsV1().CustomResourceDefinitions().Create(context.Background(), crd, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create CRD: %v", err)
-	}
-	widgets := dynamic.NewForConfigOrDie(cfg).Resource(widgetsGVR)
-	pollUntil(t, "Widget CRD served", func(ctx context.Context) bool {
-		_, err := widgets.Namespace("default").List(ctx, metav1.ListOptions{Limit: 1})
-		return err == nil
+	return installColorCRD(t, cfg, widgetsGVR, "Widget", map[string]apiextensionsv1.JSONSchemaProps{
+		"color": {Type: "string"}, "size": {Type: "integer"},
 	})
-	return widgets
 }
 
 func newWidget(name, color string, size int64) *unstructured.Unstructured {

@@ -76,33 +76,26 @@ var controllerManagerTail = []string{
 	"--horizontal-pod-autoscaler-sync-period=60s",
 }
 
-// v030ControllerManagerArgs is v0.30's kube-controller-manager command line.
-func v030ControllerManagerArgs(binaries, data, serviceCIDR string) []string {
-	pki := data + "/pki/"
-	args := []string{binaries + "/kube-controller-manager",
-		"--service-cluster-ip-range=" + serviceCIDR,
-		"--authentication-kubeconfig=" + pki + "controller-manager.conf",
-		"--authorization-kubeconfig=" + pki + "controller-manager.conf",
-		"--bind-address=127.0.0.1",
-		"--client-ca-file=" + pki + "client-ca.crt",
-		"--cluster-name=kubernetes",
-		"--cluster-signing-cert-file=" + pki + "server-ca.crt",
-		"--cluster-signing-key-file=" + pki + "server-ca.key",
-		"--kubeconfig=" + pki + "controller-manager.conf",
-		"--requestheader-client-ca-file=" + pki + "front-proxy-ca.crt",
-		"--root-ca-file=" + pki + "server-ca.crt",
-		"--service-account-private-key-file=" + pki + "sa.key",
-		"--use-service-account-credentials=true",
-		"--leader-elect=true",
-	}
-	return append(args, controllerManagerTail...)
-}
+// controllerManagerOrder is where a vCluster version puts the signing flags
+// in the kube-controller-manager command line.
+type controllerManagerOrder int
 
-// v036ControllerManagerArgs is the v0.35+ order: the signing flags follow
-// --leader-elect (server-ca and client-ca are the same CA here, so the
-// combined pair is used).
-func v036ControllerManagerArgs(binaries, data, serviceCIDR string) []string {
+const (
+	// signingAfterClusterName is v0.30's order (v0.25 to v0.32).
+	signingAfterClusterName controllerManagerOrder = iota
+	// signingAfterLeaderElect is the v0.35+ order (server-ca and client-ca
+	// are the same CA here, so the combined pair is used).
+	signingAfterLeaderElect
+)
+
+// controllerManagerArgs is the syncer's kube-controller-manager command line
+// in the given version's order.
+func controllerManagerArgs(binaries, data, serviceCIDR string, order controllerManagerOrder) []string {
 	pki := data + "/pki/"
+	signing := []string{
+		"--cluster-signing-cert-file=" + pki + "server-ca.crt",
+		"--cluster-signing-key-file=" + pki + "server-ca.key",
+	}
 	args := []string{binaries + "/kube-controller-manager",
 		"--service-cluster-ip-range=" + serviceCIDR,
 		"--authentication-kubeconfig=" + pki + "controller-manager.conf",
@@ -110,14 +103,20 @@ func v036ControllerManagerArgs(binaries, data, serviceCIDR string) []string {
 		"--bind-address=127.0.0.1",
 		"--client-ca-file=" + pki + "client-ca.crt",
 		"--cluster-name=kubernetes",
-		"--kubeconfig=" + pki + "controller-manager.conf",
-		"--requestheader-client-ca-file=" + pki + "front-proxy-ca.crt",
-		"--root-ca-file=" + pki + "server-ca.crt",
-		"--service-account-private-key-file=" + pki + "sa.key",
+	}
+	if order == signingAfterClusterName {
+		args = append(args, signing...)
+	}
+	args = append(args,
+		"--kubeconfig="+pki+"controller-manager.conf",
+		"--requestheader-client-ca-file="+pki+"front-proxy-ca.crt",
+		"--root-ca-file="+pki+"server-ca.crt",
+		"--service-account-private-key-file="+pki+"sa.key",
 		"--use-service-account-credentials=true",
 		"--leader-elect=true",
-		"--cluster-signing-cert-file=" + pki + "server-ca.crt",
-		"--cluster-signing-key-file=" + pki + "server-ca.key",
+	)
+	if order == signingAfterLeaderElect {
+		args = append(args, signing...)
 	}
 	return append(args, controllerManagerTail...)
 }

@@ -59,7 +59,7 @@ func TestOtherVClusterFlags(t *testing.T) {
 		"--etcd-cafile="+data+"/pki/etcd/ca.crt", "--etcd-certfile="+data+"/pki/apiserver-etcd-client.crt", "--etcd-keyfile="+data+"/pki/apiserver-etcd-client.key",
 		"--watch-cache=false")
 	pki := data + "/pki/"
-	cm := append(v036ControllerManagerArgs(b.Binaries, data, serviceCIDR),
+	cm := append(controllerManagerArgs(b.Binaries, data, serviceCIDR, signingAfterLeaderElect),
 		"--controllers=*,bootstrapsigner,tokencleaner,-resourceclaim-controller",
 		"--allocate-node-cidrs=true", "--cluster-cidr=10.244.0.0/16", "--cloud-provider=external",
 		"--node-monitor-grace-period=1h", "--node-monitor-period=1h",

@@ -64,19 +64,7 @@ func (c *cluster) start(t *testing.T, name string, args []string) *process {
 func TestVCluster030(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
-	kine := c.start(t, "kine", v030KineArgs(c.binaries+"/kine", c.data))
-	waitForEtcd(t, kineSocket(c.data), kine)
-	api := c.start(t, "apiserver", mergeArgs(apiServerArgs(c.binaries, c.data, serviceCIDR), []string{"--secure-port=" + strconv.Itoa(c.port)}))
-	waitForAPI(t, c.adminConf, c.procs...)
-	cm := c.start(t, "controller-manager", mergeArgs(v030ControllerManagerArgs(c.binaries, c.data, serviceCIDR),
-		[]string{"--secure-port=" + strconv.Itoa(testserver.FreePort(t))}))
-	waitForClientConfig(t, c.adminConf, c.procs...)
-
-	checkSyncerContract(t, c)
-
-	cm.stop(t)
-	api.stop(t)
-	kine.stop(t)
+	c.replayPerComponent(t, v030KineArgs(c.binaries+"/kine", c.data), signingAfterClusterName)
 }
 
 // TestVCluster036 replays vCluster 0.33+ (argument lists as of 0.36): kine
@@ -88,11 +76,19 @@ func TestVCluster036(t *testing.T) {
 	c := newCluster(t)
 	metricsAddr := "127.0.0.1:" + strconv.Itoa(testserver.FreePort(t))
 	c.kineMetrics = "http://" + metricsAddr + "/metrics"
-	kine := c.start(t, "kine", mergeArgs(v036KineArgs(c.binaries, c.data), []string{"--metrics-bind-address=" + metricsAddr}))
+	c.replayPerComponent(t, mergeArgs(v036KineArgs(c.binaries, c.data), []string{"--metrics-bind-address=" + metricsAddr}), signingAfterLeaderElect)
+}
+
+// replayPerComponent starts kine, the apiserver and the controller manager
+// one after the other as the syncer does, checks the syncer's contract and
+// stops them in reverse order.
+func (c *cluster) replayPerComponent(t *testing.T, kineArgs []string, order controllerManagerOrder) {
+	t.Helper()
+	kine := c.start(t, "kine", kineArgs)
 	waitForEtcd(t, kineSocket(c.data), kine)
 	api := c.start(t, "apiserver", mergeArgs(apiServerArgs(c.binaries, c.data, serviceCIDR), []string{"--secure-port=" + strconv.Itoa(c.port)}))
 	waitForAPI(t, c.adminConf, c.procs...)
-	cm := c.start(t, "controller-manager", mergeArgs(v036ControllerManagerArgs(c.binaries, c.data, serviceCIDR),
+	cm := c.start(t, "controller-manager", mergeArgs(controllerManagerArgs(c.binaries, c.data, serviceCIDR, order),
 		[]string{"--secure-port=" + strconv.Itoa(testserver.FreePort(t))}))
 	waitForClientConfig(t, c.adminConf, c.procs...)
 
