@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"strings"
@@ -60,15 +61,27 @@ func (r *Report) largest(modes ...string) (int, bool) {
 	return best, found
 }
 
-func selectiveWorkloads() []Workload {
-	var out []Workload
+// comparison is one selective workload in two results: x is b's p50 over a's.
+type comparison struct {
+	title string
+	a, b  ListResult
+	x     float64
+}
+
+func compareSelective(a, b Result) []comparison {
+	var out []comparison
 	for _, w := range Workloads() {
-		if w.Selective {
-			out = append(out, w)
+		if !w.Selective {
+			continue
 		}
+		la, _ := a.list(w.Key)
+		lb, _ := b.list(w.Key)
+		out = append(out, comparison{title: w.Title, a: la, b: lb, x: lb.P50Ms / la.P50Ms})
 	}
 	return out
 }
+
+func byRatio(c, d comparison) int { return cmp.Compare(c.x, d.x) }
 
 func atSize(n, want int) string {
 	if n == want {
@@ -86,19 +99,14 @@ func speedupTarget(r *Report) Target {
 	}
 	h, _ := r.result("harikube", n)
 	np, _ := r.result("no-pushdown", n)
-	worst, worstName := 0.0, ""
+	cs := compareSelective(h, np)
 	var parts []string
-	for _, w := range selectiveWorkloads() {
-		a, _ := h.list(w.Key)
-		b, _ := np.list(w.Key)
-		x := b.P50Ms / a.P50Ms
-		parts = append(parts, fmt.Sprintf("%s %s", w.Title, ratio(x)))
-		if worstName == "" || x < worst {
-			worst, worstName = x, w.Title
-		}
+	for _, c := range cs {
+		parts = append(parts, fmt.Sprintf("%s %s", c.title, ratio(c.x)))
 	}
-	t.Status = status(worst >= speedupGoal, n >= targetN)
-	t.Detail = fmt.Sprintf("%s the smallest speedup is %s (%s); %s", atSize(n, targetN), ratio(worst), worstName, strings.Join(parts, ", "))
+	worst := slices.MinFunc(cs, byRatio)
+	t.Status = status(worst.x >= speedupGoal, n >= targetN)
+	t.Detail = fmt.Sprintf("%s the smallest speedup is %s (%s); %s", atSize(n, targetN), ratio(worst.x), worst.title, strings.Join(parts, ", "))
 	return t
 }
 
@@ -117,19 +125,14 @@ func scalingTarget(r *Report) Target {
 	small, large := slices.Min(sizes), slices.Max(sizes)
 	a, _ := r.result("harikube", small)
 	b, _ := r.result("harikube", large)
-	worst, worstName := 0.0, ""
+	cs := compareSelective(a, b)
 	var parts []string
-	for _, w := range selectiveWorkloads() {
-		la, _ := a.list(w.Key)
-		lb, _ := b.list(w.Key)
-		x := lb.P50Ms / la.P50Ms
-		parts = append(parts, fmt.Sprintf("%s %s→%s ms", w.Title, num(la.P50Ms), num(lb.P50Ms)))
-		if worstName == "" || x > worst {
-			worst, worstName = x, w.Title
-		}
+	for _, c := range cs {
+		parts = append(parts, fmt.Sprintf("%s %s→%s ms", c.title, num(c.a.P50Ms), num(c.b.P50Ms)))
 	}
-	t.Status = status(worst <= scalingGoal, small == targetSmallN && large == targetN)
-	t.Detail = fmt.Sprintf("N=%d vs N=%d: the largest growth is %s (%s); %s", large, small, ratio(worst), worstName, strings.Join(parts, ", "))
+	worst := slices.MaxFunc(cs, byRatio)
+	t.Status = status(worst.x <= scalingGoal, small == targetSmallN && large == targetN)
+	t.Detail = fmt.Sprintf("N=%d vs N=%d: the largest growth is %s (%s); %s", large, small, ratio(worst.x), worst.title, strings.Join(parts, ", "))
 	if large != targetN {
 		t.Detail += fmt.Sprintf(" (N=%d not run)", targetN)
 	}
