@@ -82,7 +82,6 @@ func TestServer(t *testing.T) {
 			}
 		}
 	})
-	t.Run("FilesArePrivate", func(t *testing.T) { testFilesArePrivate(t, s.DataDir) })
 	t.Run("SecondServerRefused", func(t *testing.T) {
 		out, code := runBinary(t, "server", "--data-dir", s.DataDir,
 			"--https-listen-port", strconv.Itoa(testserver.FreePort(t)), "--bind-address", "127.0.0.1")
@@ -326,46 +325,6 @@ func testAuthorization(t *testing.T, cfg *rest.Config) {
 		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "nope"}}, metav1.CreateOptions{})
 	if !apierrors.IsForbidden(err) {
 		t.Errorf("create configmap as nobody: %v, want 403 Forbidden", err)
-	}
-}
-
-// testFilesArePrivate: the socket, database, keys and kubeconfigs are only
-// accessible to their owner.
-func testFilesArePrivate(t *testing.T, dataDir string) {
-	check := func(path string, want os.FileMode) {
-		t.Helper()
-		fi, err := os.Lstat(path)
-		if err != nil {
-			t.Errorf("%v", err)
-			return
-		}
-		if fi.Mode().Perm() != want {
-			t.Errorf("%s: mode %o, want %o", path, fi.Mode().Perm(), want)
-		}
-	}
-	sock := filepath.Join(dataDir, "kine.sock")
-	if fi, err := os.Lstat(sock); err == nil && fi.Mode()&os.ModeSocket == 0 {
-		t.Errorf("%s is not a socket: %v", sock, fi.Mode())
-	}
-	check(sock, 0o600)
-	dbFiles, _ := filepath.Glob(filepath.Join(dataDir, "db", "state.db*"))
-	if len(dbFiles) == 0 {
-		t.Errorf("no database in %s/db", dataDir)
-	}
-	for _, f := range dbFiles { // with the -wal and -shm files
-		check(f, 0o600)
-	}
-	check(filepath.Join(dataDir, "kubeconfig.yaml"), 0o600)
-	check(filepath.Join(dataDir, "cred", "controller-manager.kubeconfig"), 0o600)
-	keys, _ := filepath.Glob(filepath.Join(dataDir, "tls", "*.key"))
-	if len(keys) == 0 {
-		t.Errorf("no keys in %s/tls", dataDir)
-	}
-	for _, k := range keys {
-		check(k, 0o600)
-	}
-	for _, dir := range []string{"db", "tls", "cred"} {
-		check(filepath.Join(dataDir, dir), 0o700)
 	}
 }
 
