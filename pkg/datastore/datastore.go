@@ -112,6 +112,12 @@ func Start(ctx context.Context, opts Options) (*Datastore, error) {
 	}
 	switch scheme {
 	case "sqlite":
+		if path := sqliteFilePath(dsn); path != "" && ds.DatabasePath == "" {
+			if err := prepareSQLiteFile(ctx, path); err != nil {
+				return nil, err
+			}
+			ds.DatabasePath = path
+		}
 		if !opts.Unindexed {
 			dsn = withInstance(dsn, opts.Registry)
 			scheme = schemeSQLite
@@ -165,6 +171,17 @@ func prepareSQLiteFile(ctx context.Context, path string) error {
 		return fmt.Errorf("restrict database %s: %w", path, err)
 	}
 	return checkSQLiteFile(ctx, path)
+}
+
+// sqliteFilePath is the database file of a sqlite:// endpoint's DSN, or ""
+// when it names none (Kine's default, or an in-memory database).
+func sqliteFilePath(dsn string) string {
+	path, query, _ := strings.Cut(dsn, "?")
+	path = strings.TrimPrefix(path, "file:")
+	if path == ":memory:" || strings.Contains(query, "mode=memory") {
+		return ""
+	}
+	return path
 }
 
 // withInstance tags dsn with a new instance id naming registry, for the

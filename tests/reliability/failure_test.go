@@ -71,13 +71,14 @@ func TestMain(m *testing.M) {
 
 // runServer runs `harikube server` on dataDir until it exits (or timeout)
 // and returns its output, exit code and run time.
-func runServer(t *testing.T, dataDir string, timeout time.Duration) (string, int, time.Duration) {
+func runServer(t *testing.T, dataDir string, timeout time.Duration, extraArgs ...string) (string, int, time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	began := time.Now()
-	cmd := exec.CommandContext(ctx, testserver.Binary(t), "server", "--data-dir", dataDir,
-		"--https-listen-port", strconv.Itoa(testserver.FreePort(t)), "--bind-address", "127.0.0.1")
+	args := append([]string{"server", "--data-dir", dataDir,
+		"--https-listen-port", strconv.Itoa(testserver.FreePort(t)), "--bind-address", "127.0.0.1"}, extraArgs...)
+	cmd := exec.CommandContext(ctx, testserver.Binary(t), args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.CombinedOutput()
 	if ctx.Err() != nil {
@@ -159,6 +160,20 @@ func TestCorruptDatabase(t *testing.T) {
 			t.Logf("exit %d after %.1fs: %s", code, took.Seconds(), last)
 		})
 	}
+	// The same check guards a database named with --datastore-endpoint.
+	t.Run("ExplicitEndpoint", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "elsewhere.db")
+		writeFile(t, path, []byte("this is not a database\n"))
+		before := fileHash(t, path)
+		out, code, took := runServer(t, t.TempDir(), 2*time.Minute, "--datastore-endpoint", "sqlite://"+path+"?_journal=WAL")
+		last := tail([]byte(out), 1)
+		if code == 0 || !strings.Contains(last, "is not a SQLite database") || !strings.Contains(last, path) || took > time.Minute {
+			t.Errorf("exit code %d after %.1fs; last line %q; want non-zero within a minute and a line naming %s", code, took.Seconds(), last, path)
+		}
+		if fileHash(t, path) != before {
+			t.Errorf("the file was modified")
+		}
+	})
 	t.Run("Truncated", func(t *testing.T) {
 		dir := seededDataDir(t)
 		path := datastore.DatabasePath(dir)
