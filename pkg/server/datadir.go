@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/sirupsen/logrus"
 )
 
 // prepareDataDir creates the data directory (0700) and proves it writable.
@@ -19,12 +21,26 @@ func prepareDataDir(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("data directory %s cannot be created: %w; choose another --data-dir", dir, err)
 	}
+	warnIfShared(dir)
 	probe, err := os.CreateTemp(dir, ".write-test-*")
 	if err != nil {
 		return fmt.Errorf("data directory %s is not writable: %w; fix its permissions or choose another --data-dir", dir, err)
 	}
 	probe.Close()
 	return os.Remove(probe.Name())
+}
+
+// warnIfShared warns, as etcd does, about a data directory that existed with
+// access for other users. Its secrets stay private (every key, credential,
+// database and socket is 0600), so the start goes on; a directory the user
+// made is not re-permissioned behind their back.
+func warnIfShared(dir string) {
+	fi, err := os.Stat(dir)
+	if err != nil || fi.Mode().Perm()&0o077 == 0 {
+		return
+	}
+	logrus.Warnf("Data directory %s has mode %o: other users can list it. Its files are private, but run 'chmod 700 %s' to keep the directory so too",
+		dir, fi.Mode().Perm(), dir)
 }
 
 type dirLock struct{ f *os.File }
