@@ -327,10 +327,14 @@ func List(req Request) Query {
 		// Matches are found from the candidates first and only then sorted
 		// and limited: with ORDER BY and LIMIT on the join itself,
 		// PostgreSQL may prefer walking the whole key range in key order
-		// (which needs no sort and could stop early) over the index.
-		b.write("sel AS MATERIALIZED (SELECT " + cols)
+		// (which needs no sort and could stop early) over the index. The
+		// matches are ids and keys only; the rows of the page chosen are
+		// read last, so a page of a large result reads its own values and
+		// not those of every later match as well.
+		b.write("sel AS MATERIALIZED (SELECT kv.id AS id, kv.name AS name")
 		from(&b, req, f)
-		b.write("), mkv AS (SELECT * FROM sel ORDER BY name ASC" + limit)
+		b.write("), chosen AS (SELECT id FROM sel ORDER BY name ASC" + limit + "), ")
+		b.write("mkv AS (SELECT " + cols + " FROM chosen CROSS JOIN kine AS kv WHERE kv.id = chosen.id")
 	} else {
 		// Without candidates, walking the key range in order and stopping
 		// at the limit is the plan wanted.
