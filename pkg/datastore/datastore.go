@@ -237,24 +237,35 @@ func redact(dsn string) string {
 func newSQLite(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Config) (bool, server.Backend, error) {
 	var registry *index.Registry
 	cfg.DataSourceName, registry = takeInstance(cfg.DataSourceName)
+	cfg.DataSourceName = addParam(cfg.DataSourceName, "_pragma", "temp_store(memory)")
 	_, g, err := sqlite.NewVariant(ctx, wg, "sqlite3", cfg)
 	if err != nil {
 		return false, nil, err
 	}
-	b, err := newIndexedBackend(ctx, wg, cfg, g, registry, selectorsql.SQLiteSchema(), "?", false)
+	b, err := newIndexedBackend(ctx, wg, cfg, g, registry, database{schema: selectorsql.SQLiteSchema(), param: "?", singleWriter: true})
 	return false, b, err
+}
+
+// database describes what differs between the databases the index runs on.
+type database struct {
+	schema []string
+	// param is the placeholder prefix; numbered databases take $1, $2, ….
+	param    string
+	numbered bool
+	// singleWriter databases (SQLite) commit one transaction at a time.
+	singleWriter bool
 }
 
 // newIndexedBackend puts the index beside kine's tables of an opened
 // database and returns the backend kine's gRPC server will serve.
-func newIndexedBackend(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Config, g *generic.Generic, registry *index.Registry, schema []string, param string, numbered bool) (server.Backend, error) {
-	schema = append(schema, "CREATE TABLE IF NOT EXISTS "+coverageTable+" (prefix TEXT PRIMARY KEY, fields TEXT NOT NULL)")
+func newIndexedBackend(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Config, g *generic.Generic, registry *index.Registry, db database) (server.Backend, error) {
+	schema := append(db.schema, "CREATE TABLE IF NOT EXISTS "+coverageTable+" (prefix TEXT PRIMARY KEY, fields TEXT NOT NULL)")
 	for _, stmt := range schema {
 		if _, err := g.DB.ExecContext(ctx, stmt); err != nil {
 			return nil, fmt.Errorf("create index schema: %w", err)
 		}
 	}
-	idx := newIndexer(registry, g.DB, param, numbered)
+	idx := newIndexer(registry, g.DB, db.param, db.numbered)
 	if err := idx.loadCoverage(ctx); err != nil {
 		return nil, err
 	}
@@ -262,7 +273,10 @@ func newIndexedBackend(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Con
 		return nil, fmt.Errorf("index existing rows: %w", err)
 	}
 	idx.registry.Watch(func(res index.Resource) { idx.register(ctx, res) })
-	d := &dialect{Generic: g, idx: idx, param: param, numbered: numbered}
+	d := &dialect{Generic: g, idx: idx, param: db.param, numbered: db.numbered}
+	if db.singleWriter {
+		d.writer = make(chan struct{}, 1)
+	}
 	log := sqllog.New(d, wg, cfg)
 	return &backend{Backend: logstructured.New(log), log: log, committed: &d.committed, idx: idx, cache: newEntryCache()}, nil
 }

@@ -68,11 +68,17 @@ func forEachStore(t *testing.T, test func(t *testing.T, s store)) {
 }
 
 // start runs a datastore on s; registry may be nil.
-func start(t *testing.T, s store, registry *index.Registry) *env {
+func start(t testing.TB, s store, registry *index.Registry) *env {
 	t.Helper()
-	dir := s.dir
+	return startWith(t, Options{DataDir: s.dir, Endpoint: s.endpoint, Registry: registry})
+}
+
+func startWith(t testing.TB, opts Options) *env {
+	t.Helper()
+	dir := opts.DataDir
+	opts.KineArgs = append(opts.KineArgs, "--compact-min-retain=0")
 	ctx, cancel := context.WithCancel(context.Background())
-	ds, err := Start(ctx, Options{DataDir: dir, Endpoint: s.endpoint, Registry: registry, KineArgs: []string{"--compact-min-retain=0"}})
+	ds, err := Start(ctx, opts)
 	if err != nil {
 		cancel()
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"sync"
 	"sync/atomic"
 
 	"github.com/k3s-io/kine/pkg/drivers/generic"
@@ -26,6 +27,12 @@ type dialect struct {
 	numbered bool
 	// committed is the highest revision committed through this dialect.
 	committed atomic.Int64
+	// writer, when set, admits one write transaction at a time. SQLite
+	// has a single writer; left to itself, a transaction that finds the
+	// write lock taken sleeps in the busy handler for 1, 2, 5, 10… ms
+	// and tries again, so under concurrent writes most of the time goes
+	// to sleeping. Waiting here hands the lock over the moment it is free.
+	writer chan struct{}
 }
 
 // noteCommitted records that revision rev is committed.
@@ -147,9 +154,19 @@ func (d *dialect) BeginTx(ctx context.Context, opts *sql.TxOptions) (server.Tran
 	if opts == nil {
 		opts = &sql.TxOptions{Isolation: sql.LevelRepeatableRead}
 	}
+	release := func() {}
+	if d.writer != nil {
+		select {
+		case d.writer <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		release = sync.OnceFunc(func() { <-d.writer })
+	}
 	x, err := d.DB.BeginTx(ctx, opts)
 	if err != nil {
+		release()
 		return nil, err
 	}
-	return &tx{x: x, d: d}, nil
+	return &tx{x: x, d: d, release: release}, nil
 }

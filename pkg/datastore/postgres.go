@@ -117,7 +117,7 @@ func newPostgres(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Config) (
 			return false, nil, fmt.Errorf("create kine schema: %w", err)
 		}
 	}
-	b, err := newIndexedBackend(ctx, wg, cfg, g, registry, selectorsql.PostgresSchema(), "$", true)
+	b, err := newIndexedBackend(ctx, wg, cfg, g, registry, database{schema: selectorsql.PostgresSchema(), param: "$", numbered: true})
 	if err == nil {
 		go keepStatistics(ctx, g.DB)
 	}

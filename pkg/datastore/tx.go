@@ -17,11 +17,14 @@ type tx struct {
 	d *dialect
 	// inserted is the highest revision this transaction inserted.
 	inserted int64
+	// release gives up the dialect's writer slot.
+	release func()
 }
 
 var _ server.Transaction = (*tx)(nil)
 
 func (t *tx) Commit() error {
+	defer t.release()
 	err := t.x.Commit()
 	if err == nil && t.inserted != 0 {
 		t.d.noteCommitted(t.inserted)
@@ -29,7 +32,10 @@ func (t *tx) Commit() error {
 	return err
 }
 
-func (t *tx) Rollback() error { return t.x.Rollback() }
+func (t *tx) Rollback() error {
+	defer t.release()
+	return t.x.Rollback()
+}
 
 func (t *tx) MustCommit() {
 	if err := t.Commit(); err != nil {

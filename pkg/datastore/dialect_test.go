@@ -1,0 +1,95 @@
+package datastore
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/k3s-io/kine/pkg/drivers"
+	"github.com/k3s-io/kine/pkg/drivers/sqlite"
+	"github.com/k3s-io/kine/pkg/server"
+)
+
+// TestWriteTransactionsTakeTurns checks the SQLite writer slot: a second
+// write transaction waits for the first to commit or roll back (instead of
+// polling SQLite's lock), gives up when its context ends, and every way a
+// transaction ends hands the slot on.
+func TestWriteTransactionsTakeTurns(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	wg := &sync.WaitGroup{}
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	cfg := &drivers.Config{DataSourceName: filepath.Join(t.TempDir(), "state.db") + "?" + sqlite.DefaultParams}
+	_, g, err := sqlite.NewVariant(ctx, wg, "sqlite3", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &dialect{Generic: g, writer: make(chan struct{}, 1)}
+
+	first, err := d.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitBriefly := func() error {
+		waitCtx, stop := context.WithTimeout(ctx, 100*time.Millisecond)
+		defer stop()
+		x, err := d.BeginTx(waitCtx, nil)
+		if err == nil {
+			x.Rollback()
+		}
+		return err
+	}
+	if err := waitBriefly(); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("second write transaction while the first is open: got %v, want it to wait until its context ends", err)
+	}
+
+	type begun struct {
+		x   server.Transaction
+		err error
+	}
+	began := make(chan begun, 1)
+	go func() {
+		x, err := d.BeginTx(ctx, nil)
+		began <- begun{x, err}
+	}()
+	select {
+	case b := <-began:
+		t.Fatalf("second write transaction began while the first was open (err %v)", b.err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	if err := first.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	var second begun
+	select {
+	case second = <-began:
+		if second.err != nil {
+			t.Fatal(second.err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first transaction committed but the second did not begin")
+	}
+	if err := second.x.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+
+	third, err := d.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatalf("write transaction after a rollback: %v", err)
+	}
+	// Ending a transaction twice must not free the slot of another one.
+	if err := third.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	fourth, err := d.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fourth.Rollback()
+	_ = third.Rollback()
+	if err := waitBriefly(); err == nil {
+		t.Fatal("a repeated rollback freed the slot held by another transaction")
+	}
+}
