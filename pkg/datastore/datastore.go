@@ -265,7 +265,11 @@ func newIndexedBackend(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Con
 			return nil, fmt.Errorf("create index schema: %w", err)
 		}
 	}
-	idx := newIndexer(registry, g.DB, db.param, db.numbered)
+	var gate writeGate
+	if db.singleWriter {
+		gate = newWriteGate()
+	}
+	idx := newIndexer(registry, g.DB, gate, db.param, db.numbered)
 	if err := idx.loadCoverage(ctx); err != nil {
 		return nil, err
 	}
@@ -273,10 +277,7 @@ func newIndexedBackend(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Con
 		return nil, fmt.Errorf("index existing rows: %w", err)
 	}
 	idx.registry.Watch(func(res index.Resource) { idx.register(ctx, res) })
-	d := &dialect{Generic: g, idx: idx, param: db.param, numbered: db.numbered}
-	if db.singleWriter {
-		d.writer = make(chan struct{}, 1)
-	}
+	d := &dialect{Generic: g, idx: idx, gate: gate, param: db.param, numbered: db.numbered}
 	log := sqllog.New(d, wg, cfg)
 	return &backend{Backend: logstructured.New(log), log: log, committed: &d.committed, idx: idx, cache: newEntryCache()}, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"sync"
 	"sync/atomic"
 
 	"github.com/k3s-io/kine/pkg/drivers/generic"
@@ -27,12 +26,7 @@ type dialect struct {
 	numbered bool
 	// committed is the highest revision committed through this dialect.
 	committed atomic.Int64
-	// writer, when set, admits one write transaction at a time. SQLite
-	// has a single writer; left to itself, a transaction that finds the
-	// write lock taken sleeps in the busy handler for 1, 2, 5, 10… ms
-	// and tries again, so under concurrent writes most of the time goes
-	// to sleeping. Waiting here hands the lock over the moment it is free.
-	writer chan struct{}
+	gate      writeGate
 }
 
 // noteCommitted records that revision rev is committed.
@@ -154,14 +148,9 @@ func (d *dialect) BeginTx(ctx context.Context, opts *sql.TxOptions) (server.Tran
 	if opts == nil {
 		opts = &sql.TxOptions{Isolation: sql.LevelRepeatableRead}
 	}
-	release := func() {}
-	if d.writer != nil {
-		select {
-		case d.writer <- struct{}{}:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		release = sync.OnceFunc(func() { <-d.writer })
+	release, err := d.gate.enter(ctx)
+	if err != nil {
+		return nil, err
 	}
 	x, err := d.DB.BeginTx(ctx, opts)
 	if err != nil {
@@ -169,4 +158,27 @@ func (d *dialect) BeginTx(ctx context.Context, opts *sql.TxOptions) (server.Tran
 		return nil, err
 	}
 	return &tx{x: x, d: d, release: release}, nil
+}
+
+// Fill writes the gap row kine's poller inserts for a revision it saw
+// missing; it takes its turn at the write gate like every other write.
+func (d *dialect) Fill(ctx context.Context, revision int64) error {
+	release, err := d.gate.enter(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
+	return d.Generic.Fill(ctx, revision)
+}
+
+// PostCompact checkpoints SQLite's write-ahead log after a compaction. The
+// checkpoint waits for the writer to finish; at the gate it gets its turn
+// instead of polling for a pause in a stream of writes.
+func (d *dialect) PostCompact(ctx context.Context) error {
+	release, err := d.gate.enter(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
+	return d.Generic.PostCompact(ctx)
 }

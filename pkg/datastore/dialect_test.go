@@ -11,9 +11,11 @@ import (
 	"github.com/k3s-io/kine/pkg/drivers"
 	"github.com/k3s-io/kine/pkg/drivers/sqlite"
 	"github.com/k3s-io/kine/pkg/server"
+
+	"github.com/harikube/harikube/pkg/selectorsql"
 )
 
-// TestWriteTransactionsTakeTurns checks the SQLite writer slot: a second
+// TestWriteTransactionsTakeTurns checks the SQLite write gate: a second
 // write transaction waits for the first to commit or roll back (instead of
 // polling SQLite's lock), gives up when its context ends, and every way a
 // transaction ends hands the slot on.
@@ -26,7 +28,7 @@ func TestWriteTransactionsTakeTurns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &dialect{Generic: g, writer: make(chan struct{}, 1)}
+	d := &dialect{Generic: g, gate: newWriteGate()}
 
 	first, err := d.BeginTx(ctx, nil)
 	if err != nil {
@@ -91,5 +93,56 @@ func TestWriteTransactionsTakeTurns(t *testing.T) {
 	_ = third.Rollback()
 	if err := waitBriefly(); err == nil {
 		t.Fatal("a repeated rollback freed the slot held by another transaction")
+	}
+}
+
+// TestEveryWriterTakesItsTurn checks that the writes outside kine's
+// transactions (gap rows, checkpoints, reindexing, coverage) also wait at
+// the write gate rather than compete for SQLite's lock.
+func TestEveryWriterTakesItsTurn(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	wg := &sync.WaitGroup{}
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	cfg := &drivers.Config{DataSourceName: filepath.Join(t.TempDir(), "state.db") + "?" + sqlite.DefaultParams}
+	_, g, err := sqlite.NewVariant(ctx, wg, "sqlite3", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate := newWriteGate()
+	d := &dialect{Generic: g, gate: gate}
+	for _, stmt := range append(selectorsql.SQLiteSchema(), "CREATE TABLE "+coverageTable+" (prefix TEXT PRIMARY KEY, fields TEXT NOT NULL)") {
+		if _, err := g.DB.ExecContext(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ix := newIndexer(nil, g.DB, gate, "?", false)
+	writers := map[string]func(context.Context) error{
+		"fill":        func(ctx context.Context) error { return d.Fill(ctx, 1_000_000) },
+		"postCompact": d.PostCompact,
+		"coverage": func(ctx context.Context) error {
+			return ix.commitCoverage(ctx, prefix, map[string]bool{"spec.color": true})
+		},
+		"reindex": func(ctx context.Context) error {
+			_, _, err := ix.reindexRows(ctx, "SELECT id, name, value FROM kine WHERE id > ?", 0)
+			return err
+		},
+	}
+	for name, write := range writers {
+		t.Run(name, func(t *testing.T) {
+			release, err := gate.enter(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitCtx, stop := context.WithTimeout(ctx, 100*time.Millisecond)
+			err = write(waitCtx)
+			stop()
+			release()
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("with the gate held: got %v, want the write to wait until its context ends", err)
+			}
+			if err := write(ctx); err != nil {
+				t.Fatalf("with the gate free: %v", err)
+			}
+		})
 	}
 }

@@ -30,6 +30,9 @@ const indexBatchRows = 500
 type indexer struct {
 	registry *index.Registry
 	db       *sql.DB
+	// gate admits the indexer's own writes (reindexing, coverage) among
+	// the datastore's transactions.
+	gate     writeGate
 	param    string
 	numbered bool
 
@@ -40,11 +43,11 @@ type indexer struct {
 	stmts sync.Map // rendered multi-row insert statements by row count
 }
 
-func newIndexer(registry *index.Registry, db *sql.DB, param string, numbered bool) *indexer {
+func newIndexer(registry *index.Registry, db *sql.DB, gate writeGate, param string, numbered bool) *indexer {
 	if registry == nil {
 		registry = index.NewRegistry()
 	}
-	return &indexer{registry: registry, db: db, param: param, numbered: numbered, coverage: map[string]map[string]bool{}}
+	return &indexer{registry: registry, db: db, gate: gate, param: param, numbered: numbered, coverage: map[string]map[string]bool{}}
 }
 
 func (ix *indexer) sql(q string) string { return query.New(q, ix.param, ix.numbered, "").Query }
@@ -125,6 +128,16 @@ func (ix *indexer) storeCoverage(ctx context.Context, x execer, prefix string, f
 		return fmt.Errorf("record field coverage of %s: %w", prefix, err)
 	}
 	return nil
+}
+
+// commitCoverage records the coverage of prefix in a write of its own.
+func (ix *indexer) commitCoverage(ctx context.Context, prefix string, fields map[string]bool) error {
+	release, err := ix.gate.enter(ctx)
+	if err != nil {
+		return fmt.Errorf("record field coverage of %s: %w", prefix, err)
+	}
+	defer release()
+	return ix.storeCoverage(ctx, ix.db, prefix, fields)
 }
 
 type execer interface {
@@ -254,6 +267,11 @@ func (ix *indexer) backfillBatch(ctx context.Context, after int64) (int, int64, 
 // reindexRows rewrites the index of the rows q selects (id, name, value; q
 // takes one argument, the id to continue after) in one transaction.
 func (ix *indexer) reindexRows(ctx context.Context, q string, args ...any) (int, int64, error) {
+	release, err := ix.gate.enter(ctx)
+	if err != nil {
+		return 0, 0, fmt.Errorf("begin reindex: %w", err)
+	}
+	defer release()
 	x, err := ix.db.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, 0, fmt.Errorf("begin reindex: %w", err)
@@ -329,7 +347,7 @@ func (ix *indexer) register(ctx context.Context, res index.Resource) {
 		var one int
 		err := ix.db.QueryRowContext(ctx, ix.sql("SELECT 1 FROM kine WHERE name >= ? AND name < ? LIMIT 1"), res.Prefix, prefixEnd(res.Prefix)).Scan(&one)
 		if err == sql.ErrNoRows {
-			if err := ix.storeCoverage(ctx, ix.db, res.Prefix, want); err != nil {
+			if err := ix.commitCoverage(ctx, res.Prefix, want); err != nil {
 				logrus.Warnf("Field selectors on %s will not be pushed down: %v", res.Name, err)
 				return
 			}
@@ -345,7 +363,7 @@ func (ix *indexer) register(ctx context.Context, res index.Resource) {
 		}
 	}
 	ix.setCoverage(res.Prefix, narrowed)
-	if err := ix.storeCoverage(ctx, ix.db, res.Prefix, narrowed); err != nil {
+	if err := ix.commitCoverage(ctx, res.Prefix, narrowed); err != nil {
 		logrus.Warnf("Field selectors on %s will not be pushed down: %v", res.Name, err)
 		return
 	}
@@ -373,7 +391,7 @@ func (ix *indexer) reindexPrefix(ctx context.Context, res index.Resource, want m
 	if current, ok := ix.registry.Lookup(res.Prefix); !ok || current.Prefix != res.Prefix || strings.Join(current.Fields, "\n") != strings.Join(res.Fields, "\n") {
 		return // a newer registration owns the coverage now
 	}
-	if err := ix.storeCoverage(ctx, ix.db, res.Prefix, want); err != nil {
+	if err := ix.commitCoverage(ctx, res.Prefix, want); err != nil {
 		logrus.Warnf("Field selectors on %s stay partly filtered in the apiserver: %v", res.Name, err)
 		return
 	}

@@ -17,7 +17,7 @@ type tx struct {
 	d *dialect
 	// inserted is the highest revision this transaction inserted.
 	inserted int64
-	// release gives up the dialect's writer slot.
+	// release lets the next writer through the dialect's gate.
 	release func()
 }
 
