@@ -181,6 +181,19 @@ func TestErrorS(t *testing.T) {
 	c.assertNoStderr(t)
 }
 
+// TestBenignUpstreamErrorsAreDebug: a clean start must not log errors.
+func TestBenignUpstreamErrorsAreDebug(t *testing.T) {
+	c := capture(t, false)
+	klog.Errorf("The manifest file is empty, ignoring.")
+	if out := c.logrus.String(); strings.Contains(out, "manifest file") {
+		t.Errorf("a benign upstream message logged at the default level:\n%s", out)
+	}
+	c = capture(t, true)
+	klog.Errorf("The manifest file is empty, ignoring.")
+	assertContains(t, c.once(t, "The manifest file is empty"), "level=debug")
+	c.assertNoStderr(t)
+}
+
 func TestPrintfStyle(t *testing.T) {
 	c := capture(t, false)
 	klog.Infof("x %d", 1)

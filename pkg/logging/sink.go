@@ -54,7 +54,19 @@ func (s *sink) Info(level int, msg string, keysAndValues ...any) {
 	entry.Info(msg)
 }
 
+// notErrors are messages upstream code logs as errors although nothing is
+// wrong. component-base logs this one at every start of the apiserver and
+// the controller manager unless a metrics label allow-list is configured
+// (and "empty allow-list mapping supplied" if an empty one is).
+var notErrors = map[string]bool{
+	"The manifest file is empty, ignoring.": true,
+}
+
 func (s *sink) Error(err error, msg string, keysAndValues ...any) {
+	if err == nil && notErrors[msg] {
+		s.logger.WithFields(s.fields(keysAndValues)).Debug(msg)
+		return
+	}
 	if !s.logger.IsLevelEnabled(logrus.ErrorLevel) {
 		return
 	}

@@ -42,6 +42,30 @@ func TestServer(t *testing.T) {
 	s := testserver.Start(t)
 	t.Logf("ready in %.1fs", time.Since(start).Seconds())
 
+	t.Run("StartupLogsNoBenignErrors", func(t *testing.T) {
+		// Upstream logs this as an error at every start although nothing
+		// is wrong; harikube logs it at debug level. (Other errors can
+		// occur at a first start, such as the apiserver's lease
+		// controller racing the creation of kube-system, and are
+		// upstream's to report.)
+		const benign = "The manifest file is empty"
+		err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+			log, err := os.ReadFile(s.LogPath)
+			return strings.Contains(string(log), "harikube is ready"), err
+		})
+		if err != nil {
+			t.Fatalf("no \"harikube is ready\" line in %s: %v", s.LogPath, err)
+		}
+		log, err := os.ReadFile(s.LogPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(log), "\n") {
+			if strings.Contains(line, benign) {
+				t.Errorf("logged at the default level: %s", line)
+			}
+		}
+	})
 	t.Run("KubeconfigWorks", func(t *testing.T) {
 		list, err := s.Client.CoreV1().Namespaces().List(context.Background(), metav1.ListOptions{})
 		if err != nil {
