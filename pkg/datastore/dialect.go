@@ -163,22 +163,12 @@ func (d *dialect) BeginTx(ctx context.Context, opts *sql.TxOptions) (server.Tran
 // Fill writes the gap row kine's poller inserts for a revision it saw
 // missing; it takes its turn at the write gate like every other write.
 func (d *dialect) Fill(ctx context.Context, revision int64) error {
-	release, err := d.gate.enter(ctx)
-	if err != nil {
-		return err
-	}
-	defer release()
-	return d.Generic.Fill(ctx, revision)
+	return d.gate.do(ctx, func() error { return d.Generic.Fill(ctx, revision) })
 }
 
 // PostCompact checkpoints SQLite's write-ahead log after a compaction. The
 // checkpoint waits for the writer to finish; at the gate it gets its turn
 // instead of polling for a pause in a stream of writes.
 func (d *dialect) PostCompact(ctx context.Context) error {
-	release, err := d.gate.enter(ctx)
-	if err != nil {
-		return err
-	}
-	defer release()
-	return d.Generic.PostCompact(ctx)
+	return d.gate.do(ctx, func() error { return d.Generic.PostCompact(ctx) })
 }

@@ -9,17 +9,17 @@ import (
 	"time"
 
 	"github.com/k3s-io/kine/pkg/drivers"
+	"github.com/k3s-io/kine/pkg/drivers/generic"
 	"github.com/k3s-io/kine/pkg/drivers/sqlite"
 	"github.com/k3s-io/kine/pkg/server"
 
 	"github.com/harikube/harikube/pkg/selectorsql"
 )
 
-// TestWriteTransactionsTakeTurns checks the SQLite write gate: a second
-// write transaction waits for the first to commit or roll back (instead of
-// polling SQLite's lock), gives up when its context ends, and every way a
-// transaction ends hands the slot on.
-func TestWriteTransactionsTakeTurns(t *testing.T) {
+// openKineSQLite opens a SQLite database with kine's tables and settings,
+// closed when the test ends.
+func openKineSQLite(t *testing.T) *generic.Generic {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	wg := &sync.WaitGroup{}
 	t.Cleanup(func() { cancel(); wg.Wait() })
@@ -28,6 +28,16 @@ func TestWriteTransactionsTakeTurns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return g
+}
+
+// TestWriteTransactionsTakeTurns checks the SQLite write gate: a second
+// write transaction waits for the first to commit or roll back (instead of
+// polling SQLite's lock), gives up when its context ends, and every way a
+// transaction ends hands the slot on.
+func TestWriteTransactionsTakeTurns(t *testing.T) {
+	ctx := context.Background()
+	g := openKineSQLite(t)
 	d := &dialect{Generic: g, gate: newWriteGate()}
 
 	first, err := d.BeginTx(ctx, nil)
@@ -100,14 +110,8 @@ func TestWriteTransactionsTakeTurns(t *testing.T) {
 // transactions (gap rows, checkpoints, reindexing, coverage) also wait at
 // the write gate rather than compete for SQLite's lock.
 func TestEveryWriterTakesItsTurn(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	wg := &sync.WaitGroup{}
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	cfg := &drivers.Config{DataSourceName: filepath.Join(t.TempDir(), "state.db") + "?" + sqlite.DefaultParams}
-	_, g, err := sqlite.NewVariant(ctx, wg, "sqlite3", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx := context.Background()
+	g := openKineSQLite(t)
 	gate := newWriteGate()
 	d := &dialect{Generic: g, gate: gate}
 	for _, stmt := range append(selectorsql.SQLiteSchema(), "CREATE TABLE "+coverageTable+" (prefix TEXT PRIMARY KEY, fields TEXT NOT NULL)") {

@@ -132,12 +132,7 @@ func (ix *indexer) storeCoverage(ctx context.Context, x execer, prefix string, f
 
 // commitCoverage records the coverage of prefix in a write of its own.
 func (ix *indexer) commitCoverage(ctx context.Context, prefix string, fields map[string]bool) error {
-	release, err := ix.gate.enter(ctx)
-	if err != nil {
-		return fmt.Errorf("record field coverage of %s: %w", prefix, err)
-	}
-	defer release()
-	return ix.storeCoverage(ctx, ix.db, prefix, fields)
+	return ix.gate.do(ctx, func() error { return ix.storeCoverage(ctx, ix.db, prefix, fields) })
 }
 
 type execer interface {

@@ -30,3 +30,13 @@ func (g writeGate) enter(ctx context.Context) (release func(), err error) {
 		return nil, ctx.Err()
 	}
 }
+
+// do runs write once it is through the gate.
+func (g writeGate) do(ctx context.Context, write func() error) error {
+	release, err := g.enter(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
+	return write()
+}

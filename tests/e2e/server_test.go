@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"net"
@@ -49,16 +50,14 @@ func TestServer(t *testing.T) {
 		// controller racing the creation of kube-system, and are
 		// upstream's to report.)
 		const benign = "The manifest file is empty"
+		var log []byte
 		err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
-			log, err := os.ReadFile(s.LogPath)
-			return strings.Contains(string(log), "harikube is ready"), err
+			var err error
+			log, err = os.ReadFile(s.LogPath)
+			return bytes.Contains(log, []byte("harikube is ready")), err
 		})
 		if err != nil {
 			t.Fatalf("no \"harikube is ready\" line in %s: %v", s.LogPath, err)
-		}
-		log, err := os.ReadFile(s.LogPath)
-		if err != nil {
-			t.Fatal(err)
 		}
 		for _, line := range strings.Split(string(log), "\n") {
 			if strings.Contains(line, benign) {
