@@ -12,6 +12,7 @@ package selectorsql
 import (
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/harikube/harikube/pkg/selection"
 	sel "k8s.io/apimachinery/pkg/selection"
@@ -29,19 +30,35 @@ const (
 	KindLabel = "l"
 	KindField = "f"
 
-	// MaxValueLen is how much of a value the index keeps. Longer values are
-	// stored cut to this length, so equality on them can only be checked
-	// loosely.
+	// MaxValueLen is how many bytes of a value the index keeps. Longer
+	// values are stored cut to at most this length, so equality on them can
+	// only be checked loosely.
 	MaxValueLen = 256
+
+	// minCutLen is the shortest a cut value can be: the cut moves back to
+	// the start of the UTF-8 character at MaxValueLen, at most 3 bytes.
+	minCutLen = MaxValueLen - utf8.UTFMax + 1
 )
 
-// IndexValue is what the index stores for value v.
+// IndexValue is what the index stores for value v: v itself, or, when it is
+// longer than MaxValueLen, its prefix ending before the first character that
+// does not fit, so a cut value stays valid UTF-8 (PostgreSQL refuses text
+// that is not).
 func IndexValue(v string) string {
-	if len(v) > MaxValueLen {
-		return v[:MaxValueLen]
+	if len(v) <= MaxValueLen {
+		return v
 	}
-	return v
+	cut := MaxValueLen
+	for cut > minCutLen && !utf8.RuneStart(v[cut]) {
+		cut--
+	}
+	return v[:cut]
 }
+
+// MayBeCut reports whether a stored value equal to IndexValue(v) may come
+// from a longer value than v: v is as long as a cut value can be. Only
+// equality (a superset) can be asked of such values, never inequality.
+func MayBeCut(v string) bool { return len(v) >= minCutLen }
 
 // IndexNumber is the integer the index stores next to a label value, with the
 // parsing rule upstream uses for the gt and lt operators.
@@ -112,7 +129,7 @@ func valuesAny(vs []string) []any {
 
 func anyLong(vs []string) bool {
 	for _, v := range vs {
-		if len(v) >= MaxValueLen {
+		if MayBeCut(v) {
 			return true
 		}
 	}
@@ -138,8 +155,9 @@ func labelTerm(r selection.Requirement) (term, bool) {
 		args := append(append([]any{}, kindName...), valuesAny(r.Values)...)
 		return term{sql: existsPrefix + cond + ")", args: args, drive: drivePrefix + cond, driveArgs: args}, true
 	case sel.NotEquals, sel.NotIn:
-		// A stored value cut to MaxValueLen may equal a long requested value
-		// without the object's value being equal: excluding it could drop a match.
+		// A stored cut value may equal a requested value (as long as a cut
+		// value can be) without the object's value being equal: excluding it
+		// could drop a match.
 		if len(r.Values) == 0 || anyLong(r.Values) {
 			return term{}, false
 		}
@@ -182,7 +200,7 @@ func fieldTerm(r selection.Requirement, indexed func(string) bool) (term, bool) 
 	case sel.Equals, sel.DoubleEquals:
 		return term{sql: existsPrefix + cond + ")", args: kindNameValue, drive: drivePrefix + cond, driveArgs: kindNameValue}, true
 	case sel.NotEquals:
-		if len(v) >= MaxValueLen {
+		if MayBeCut(v) {
 			return term{}, false
 		}
 		return term{sql: "NOT " + existsPrefix + cond + ")", args: kindNameValue}, true

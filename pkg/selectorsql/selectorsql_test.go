@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
@@ -73,7 +74,7 @@ func checkRendering(tb testing.TB, req Request) {
 // canonicalValue keeps only what may decide how a value is rendered: whether
 // it is long enough to be compared cut, and whether it is an integer.
 func canonicalValue(v string) string {
-	if len(v) >= MaxValueLen {
+	if MayBeCut(v) {
 		return strings.Repeat("z", MaxValueLen)
 	}
 	if _, ok := IndexNumber(v); ok {
@@ -264,7 +265,10 @@ func TestPartialPushdown(t *testing.T) {
 }
 
 func TestLongValues(t *testing.T) {
-	short := strings.Repeat("v", MaxValueLen-1)
+	// The longest value no cut value can equal: a cut keeps at least
+	// MaxValueLen-3 bytes (the start of a 4-byte character at the limit).
+	short := strings.Repeat("v", MaxValueLen-utf8.UTFMax)
+	shortestCut := strings.Repeat("v", MaxValueLen-utf8.UTFMax+1)
 	exact := strings.Repeat("v", MaxValueLen)
 	long := strings.Repeat("v", MaxValueLen) + "-tail"
 	cut := long[:MaxValueLen]
@@ -284,9 +288,9 @@ func TestLongValues(t *testing.T) {
 		t.Fatalf("field = on a long value: %+v", f)
 	}
 
-	// != and notin cannot exclude on a cut value, from a value of exactly
-	// the kept length on (a stored longer value is cut to it).
-	for _, v := range []string{exact, long} {
+	// != and notin cannot exclude on a value as long as a cut value can be
+	// (a stored longer value is cut to it).
+	for _, v := range []string{shortestCut, exact, long} {
 		for _, s := range []selection.Selection{
 			sel1(rq("app", sel.NotEquals, v)),
 			sel1(rq("app", sel.NotIn, "web", v)),
@@ -307,7 +311,43 @@ func TestLongValues(t *testing.T) {
 		t.Fatalf("field != with a %d-byte value not pushed", len(short))
 	}
 	if IndexValue(long) != cut || IndexValue(exact) != exact || IndexValue(short) != short {
-		t.Fatal("IndexValue does not keep exactly MaxValueLen bytes")
+		t.Fatal("IndexValue does not keep exactly MaxValueLen bytes of an ASCII value")
+	}
+}
+
+// A value is cut before the character that crosses MaxValueLen, whatever its
+// width, so the stored prefix is valid UTF-8; for every width and position
+// of the character straddling the limit.
+func TestCutAtCharacterBoundary(t *testing.T) {
+	for _, char := range []string{"é", "€", "𝄞"} { // 2, 3 and 4 bytes
+		for pad := MaxValueLen - 2*len(char); pad <= MaxValueLen+1; pad++ {
+			v := strings.Repeat("a", pad) + char + char + "tail"
+			got := IndexValue(v)
+			if len(v) <= MaxValueLen {
+				if got != v {
+					t.Fatalf("%d-byte value changed", len(v))
+				}
+				continue
+			}
+			if !utf8.ValidString(got) || len(got) > MaxValueLen || !strings.HasPrefix(v, got) {
+				t.Fatalf("%q at %d: cut to %d bytes, valid UTF-8 %v", char, pad, len(got), utf8.ValidString(got))
+			}
+			// Nothing more fits: the next character would cross the limit.
+			if _, size := utf8.DecodeRuneInString(v[len(got):]); len(got)+size <= MaxValueLen {
+				t.Fatalf("%q at %d: cut to %d bytes, but the next %d-byte character fits", char, pad, len(got), size)
+			}
+			if !MayBeCut(got) {
+				t.Fatalf("%q at %d: a %d-byte cut value is not treated as possibly cut", char, pad, len(got))
+			}
+			// The cut value is found by = on the full value, and != on it
+			// is not pushed (it could exclude the longer stored value).
+			if IndexValue(got) != got {
+				t.Fatalf("cut value is cut again")
+			}
+			if f := Translate(self(rq("spec.color", sel.NotEquals, got)), allFieldsIndexed, widgets, false); f.Where != "" {
+				t.Fatalf("%q at %d: != on a %d-byte value pushed", char, pad, len(got))
+			}
+		}
 	}
 }
 
