@@ -6,10 +6,8 @@
 package vcluster
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -23,8 +21,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -33,6 +29,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/harikube/harikube/tests/testserver"
+	"github.com/harikube/harikube/tests/vclusterimage"
 )
 
 // imageRef is what the tests tag the image with.
@@ -43,16 +40,8 @@ var (
 
 	imageOnce sync.Once
 	imageErr  error
-	img       builtImage
+	img       vclusterimage.Image
 )
-
-// builtImage is the image built once per test process.
-type builtImage struct {
-	OCILayout string // scripts/build-image --oci-layout
-	Tarball   string // scripts/build-image --tarball
-	RootFS    string // the image's files, unpacked
-	Binaries  string // `cp -r /kubernetes/. /binaries/` run with the image's own cp
-}
 
 func TestMain(m *testing.M) {
 	var err error
@@ -79,7 +68,7 @@ func repoRoot(t testing.TB) string {
 // image builds the image from the harikube binary (HARIKUBE_BINARY, or one
 // built with make) with scripts/build-image, unpacks it and runs the init
 // container's copy. Later callers get the same result.
-func image(t testing.TB) builtImage {
+func image(t testing.TB) vclusterimage.Image {
 	t.Helper()
 	bin := testserver.Binary(t)
 	root := repoRoot(t)
@@ -91,98 +80,9 @@ func image(t testing.TB) builtImage {
 }
 
 func buildImage(root, bin string) error {
-	b := builtImage{
-		OCILayout: filepath.Join(workDir, "oci"),
-		Tarball:   filepath.Join(workDir, "image.tar"),
-		RootFS:    filepath.Join(workDir, "rootfs"),
-		Binaries:  filepath.Join(workDir, "binaries"),
-	}
-	cmd := exec.Command(filepath.Join(root, "scripts", "build-image"), "--binary", bin, "--image", imageRef, "--oci-layout", b.OCILayout, "--tarball", b.Tarball)
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("scripts/build-image: %v\n%s", err, out)
-	}
-	if err := unpack(b.OCILayout, b.RootFS); err != nil {
-		return fmt.Errorf("unpack: %w", err)
-	}
-	// The init container: command [cp], args [-r, /kubernetes/., /binaries/],
-	// exec'd without a shell, with the image's own cp (busybox, static).
-	if err := os.MkdirAll(b.Binaries, 0o755); err != nil {
-		return err
-	}
-	cp := exec.Command(filepath.Join(b.RootFS, "bin", "cp"), "-r", filepath.Join(b.RootFS, "kubernetes")+"/.", b.Binaries+"/")
-	if out, err := cp.CombinedOutput(); err != nil {
-		return fmt.Errorf("image's cp -r /kubernetes/. /binaries/: %v\n%s", err, out)
-	}
-	img = b
-	return nil
-}
-
-// unpack flattens the single image of an OCI layout into dir.
-func unpack(layoutDir, dir string) error {
-	idx, err := layout.ImageIndexFromPath(layoutDir)
-	if err != nil {
-		return err
-	}
-	manifest, err := idx.IndexManifest()
-	if err != nil {
-		return err
-	}
-	if len(manifest.Manifests) != 1 {
-		return fmt.Errorf("want one image in the layout, found %d", len(manifest.Manifests))
-	}
-	if got := manifest.Manifests[0].Annotations["io.containerd.image.name"]; got != imageRef {
-		return fmt.Errorf("layout names the image %q, want %q", got, imageRef)
-	}
-	image, err := idx.Image(manifest.Manifests[0].Digest)
-	if err != nil {
-		return err
-	}
-	rc := mutate.Extract(image)
-	defer rc.Close()
-	tr := tar.NewReader(rc)
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		target := filepath.Join(dir, filepath.Clean("/"+h.Name))
-		switch h.Typeflag {
-		case tar.TypeDir:
-			if err := os.MkdirAll(target, 0o755); err != nil {
-				return err
-			}
-		case tar.TypeSymlink:
-			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-				return err
-			}
-			if err := os.Symlink(h.Linkname, target); err != nil {
-				return err
-			}
-		case tar.TypeLink:
-			if err := os.Link(filepath.Join(dir, filepath.Clean("/"+h.Linkname)), target); err != nil {
-				return err
-			}
-		case tar.TypeReg:
-			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-				return err
-			}
-			f, err := os.OpenFile(target, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, os.FileMode(h.Mode).Perm())
-			if err != nil {
-				return err
-			}
-			if _, err := io.Copy(f, tr); err != nil {
-				f.Close()
-				return err
-			}
-			if err := f.Close(); err != nil {
-				return err
-			}
-		}
-	}
+	var err error
+	img, err = vclusterimage.Build(root, bin, imageRef, workDir)
+	return err
 }
 
 // k8sVersion is the k8s.io/kubernetes version in go.mod, which /version must
@@ -212,7 +112,7 @@ type process struct {
 	code int
 }
 
-func startProcess(t *testing.T, name, dataDir, binaries string, args []string) *process {
+func startProcess(t *testing.T, name, dataDir, binaries string, args, env []string) *process {
 	t.Helper()
 	p := &process{name: name, log: filepath.Join(t.TempDir(), name+".log"), done: make(chan struct{})}
 	logf, err := os.Create(p.log)
@@ -223,7 +123,7 @@ func startProcess(t *testing.T, name, dataDir, binaries string, args []string) *
 	fmt.Fprintf(logf, "$ %s\n", strings.Join(args, " "))
 	p.cmd = exec.Command(args[0], args[1:]...)
 	p.cmd.Dir = dataDir
-	p.cmd.Env = append(os.Environ(), "_VCLUSTER_MANAGED=yes", "PATH="+os.Getenv("PATH")+":"+binaries+":/usr/local/bin")
+	p.cmd.Env = append(append(os.Environ(), env...), "_VCLUSTER_MANAGED=yes", "PATH="+os.Getenv("PATH")+":"+binaries+":/usr/local/bin")
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
