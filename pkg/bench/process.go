@@ -1,18 +1,18 @@
 package bench
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/harikube/harikube/pkg/childguard"
 )
 
 // process is a child the bench started: a harikube server or the etcd
@@ -23,11 +23,14 @@ type process struct {
 	log  string
 	done chan struct{}
 	err  error // valid once done is closed
-	// peakAnon is the largest RssAnon sampled so far, in bytes. VmHWM also
-	// counts the pages of the 160 MiB executable the process has touched,
-	// which are shared, clean page cache; RssAnon is the process's own
-	// memory, and the kernel keeps no high-water mark of it.
+	// peakAnon is the largest anonymous resident size sampled so far, in
+	// bytes (Linux only: RssAnon). The peak RSS also counts the pages of the
+	// 160 MiB executable the process has touched, which are shared, clean
+	// page cache; RssAnon is the process's own memory, and the kernel keeps
+	// no high-water mark of it.
 	peakAnon atomic.Int64
+	// peakResident is the largest resident size sampled so far, in bytes.
+	peakResident atomic.Int64
 }
 
 func startProcess(name, bin string, args []string, logPath string) (*process, error) {
@@ -38,31 +41,32 @@ func startProcess(name, bin string, args []string, logPath string) (*process, er
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// A child must not outlive the bench, however the bench ends.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	released, err := childguard.Start(cmd)
+	if err != nil {
 		logFile.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	p := &process{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
+		released()
 		logFile.Close()
 		close(p.done)
 	}()
-	go p.sampleAnonRSS(rssSampleInterval)
+	go p.sampleMemory(memorySampleInterval)
 	return p, nil
 }
 
-// rssSampleInterval is short enough to catch the peaks of LISTs and seeding,
-// which last seconds; reading /proc costs microseconds.
-const rssSampleInterval = 100 * time.Millisecond
+// memory is a sample of a process's resident memory, in bytes.
+type memory struct{ resident, anon int64 }
 
-func (p *process) sampleAnonRSS(every time.Duration) {
+func (p *process) sampleMemory(every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		if kb, err := p.statusKB("RssAnon"); err == nil && kb*1024 > p.peakAnon.Load() {
-			p.peakAnon.Store(kb * 1024)
+		if m, err := readMemory(p.cmd.Process.Pid); err == nil {
+			storeMax(&p.peakAnon, m.anon)
+			storeMax(&p.peakResident, m.resident)
 		}
 		select {
 		case <-p.done:
@@ -81,26 +85,18 @@ func (p *process) exited() bool {
 	}
 }
 
-// peakRSS is the process's peak resident set size (VmHWM) in bytes.
+// peakRSS is the process's peak resident set size in bytes: the kernel's
+// high-water mark where it keeps one, else the largest sample.
 func (p *process) peakRSS() (int64, error) {
-	kb, err := p.statusKB("VmHWM")
-	return kb * 1024, err
+	if kernel, ok, err := kernelPeakRSS(p.cmd.Process.Pid); ok || err != nil {
+		return kernel, err
+	}
+	return p.peakResident.Load(), nil
 }
 
-// statusKB reads a "kB" field of /proc/<pid>/status.
-func (p *process) statusKB(field string) (int64, error) {
-	f, err := os.Open(filepath.Join("/proc", strconv.Itoa(p.cmd.Process.Pid), "status"))
-	if err != nil {
-		return 0, err
+func storeMax(peak *atomic.Int64, v int64) {
+	for old := peak.Load(); v > old && !peak.CompareAndSwap(old, v); old = peak.Load() {
 	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if rest, ok := strings.CutPrefix(s.Text(), field+":"); ok {
-			return strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-		}
-	}
-	return 0, fmt.Errorf("no %s in /proc/%d/status", field, p.cmd.Process.Pid)
 }
 
 // stop sends SIGTERM and waits for a clean exit; after timeout it kills the

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -58,31 +57,7 @@ func newReport(opts Options) *Report {
 }
 
 func hostInfo() Host {
-	h := Host{CPUs: runtime.NumCPU(), GoVersion: runtime.Version()}
-	h.CPUModel = procField("/proc/cpuinfo", "model name", ":")
-	if kb := procField("/proc/meminfo", "MemTotal", ":"); kb != "" {
-		var v int64
-		fmt.Sscanf(kb, "%d", &v)
-		h.MemoryBytes = v * 1024
-	}
-	return h
-}
-
-// procField is the value of the first "key<sep> value" line of a /proc file.
-func procField(path, key, sep string) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		k, v, ok := strings.Cut(s.Text(), sep)
-		if ok && strings.TrimSpace(k) == key {
-			return strings.TrimSpace(v)
-		}
-	}
-	return ""
+	return Host{CPUs: runtime.NumCPU(), CPUModel: cpuModel(), MemoryBytes: memoryBytes(), GoVersion: runtime.Version()}
 }
 
 // WriteJSON writes the report to path.

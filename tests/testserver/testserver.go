@@ -24,6 +24,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/harikube/harikube/pkg/childguard"
 )
 
 const (
@@ -202,13 +204,14 @@ func (s *Server) launchAndWait(t testing.TB) error {
 	cmd := exec.Command(s.bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Do not outlive a test binary that panics or times out.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	released, err := childguard.Start(cmd)
+	if err != nil {
 		return err
 	}
 	s.cmd, s.done = cmd, make(chan struct{})
 	go func(done chan struct{}) {
 		_ = cmd.Wait()
+		released()
 		s.code = cmd.ProcessState.ExitCode()
 		close(done)
 	}(s.done)
