@@ -60,6 +60,18 @@ func IndexValue(v string) string {
 // equality (a superset) can be asked of such values, never inequality.
 func MayBeCut(v string) bool { return len(v) >= minCutLen }
 
+// MaxRowBytes bounds the name, cut value and key of one index row together.
+// PostgreSQL's B-tree refuses entries larger than 2704 bytes (a third of a
+// page), which would fail the write; an object with a larger row is stored
+// unindexed instead, a candidate for every selector.
+const MaxRowBytes = 2600
+
+// RowFits reports whether the index row of name=value for key stays within
+// MaxRowBytes.
+func RowFits(name, value, key string) bool {
+	return len(name)+len(IndexValue(value))+len(key) <= MaxRowBytes
+}
+
 // IndexNumber is the integer the index stores next to a label value, with the
 // parsing rule upstream uses for the gt and lt operators.
 func IndexNumber(v string) (int64, bool) {

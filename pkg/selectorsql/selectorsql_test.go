@@ -704,3 +704,14 @@ func TestUnmarkedRowsInIndexDrivenReads(t *testing.T) {
 		}
 	}
 }
+
+// An index row over MaxRowBytes (name, cut value and key) does not fit.
+func TestRowFits(t *testing.T) {
+	key := "/registry/widgets/ns/" + strings.Repeat("n", 2000)
+	if !RowFits("app", strings.Repeat("v", 1000), key) {
+		t.Fatal("a long value counts with more than the bytes the index keeps of it")
+	}
+	if RowFits(strings.Repeat("k", MaxRowBytes-len(key)-MaxValueLen+1), strings.Repeat("v", MaxValueLen), key) {
+		t.Fatalf("a row of %d bytes fits", MaxRowBytes+1)
+	}
+}
