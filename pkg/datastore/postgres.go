@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/k3s-io/kine/pkg/drivers/generic"
 	"github.com/k3s-io/kine/pkg/query"
 	"github.com/k3s-io/kine/pkg/server"
+	"github.com/k3s-io/kine/pkg/tls"
 	"github.com/sirupsen/logrus"
 
 	"github.com/harikube/harikube/pkg/selectorsql"
@@ -54,12 +56,9 @@ var postgresKineSchema = []string{
 // created when missing.
 func newPostgres(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Config) (bool, server.Backend, error) {
 	dsn, registry := takeInstance(cfg.DataSourceName)
-	connConfig, err := pgx.ParseConfig("postgres://" + dsn)
+	connConfig, err := postgresConfig(dsn, cfg.BackendTLSConfig)
 	if err != nil {
-		return false, nil, fmt.Errorf("parse PostgreSQL endpoint: %w", err)
-	}
-	if connConfig.Database == "" {
-		connConfig.Database = "kubernetes"
+		return false, nil, err
 	}
 	// pgx prepares and caches statements; after a few runs PostgreSQL
 	// switches them to a generic plan that ignores the selector values and
@@ -68,6 +67,9 @@ func newPostgres(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Config) (
 		connConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
 	}
 	if err := createDatabase(ctx, connConfig); err != nil {
+		return false, nil, err
+	}
+	if err := holdWriterLock(ctx, wg, connConfig); err != nil {
 		return false, nil, err
 	}
 	g, err := generic.OpenDB(ctx, wg, "pgx", stdlib.GetConnector(*connConfig), cfg.ConnectionPoolConfig, "$", true, cfg.MetricsRegisterer)
@@ -122,6 +124,126 @@ func newPostgres(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Config) (
 		go keepStatistics(ctx, g.DB)
 	}
 	return true, b, err
+}
+
+// postgresConfig parses a PostgreSQL DSN (a libpq URL without its scheme)
+// with Kine's TLS options applied as Kine's own PostgreSQL driver applies
+// them: a CA, certificate or key file becomes sslrootcert, sslcert or sslkey
+// and sslmode=verify-full, unless the URL sets them itself. --skip-verify,
+// which Kine ignores for PostgreSQL, makes it sslmode=require (encrypted, the
+// server's certificate not checked).
+func postgresConfig(dsn string, t tls.Config) (*pgx.ConnConfig, error) {
+	u, err := url.Parse("postgres://" + dsn)
+	if err != nil {
+		return nil, fmt.Errorf("parse PostgreSQL endpoint: %w", redactErr(err))
+	}
+	q := u.Query()
+	sslmode := ""
+	for param, file := range map[string]string{"sslrootcert": t.CAFile, "sslcert": t.CertFile, "sslkey": t.KeyFile} {
+		if file == "" || q.Has(param) {
+			continue
+		}
+		if param == "sslrootcert" && t.SkipVerify {
+			continue
+		}
+		q.Set(param, file)
+		sslmode = "verify-full"
+	}
+	if t.SkipVerify {
+		sslmode = "require"
+	}
+	if sslmode != "" && !q.Has("sslmode") {
+		q.Set("sslmode", sslmode)
+	}
+	u.RawQuery = q.Encode()
+	c, err := pgx.ParseConfig(u.String())
+	if err != nil {
+		return nil, fmt.Errorf("parse PostgreSQL endpoint: %w", err)
+	}
+	if c.Database == "" {
+		c.Database = "kubernetes"
+	}
+	return c, nil
+}
+
+// redactErr drops the URL, which may hold a password, from a url.Parse error.
+func redactErr(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+// writerLockKey is the session-level advisory lock a harikube datastore holds
+// on its PostgreSQL database ("harikube" in ASCII).
+const writerLockKey = 0x68617269_6b756265
+
+// writerLockApp names the lock's connection in pg_stat_activity.
+const writerLockApp = "harikube datastore lock"
+
+// holdWriterLock takes the database's writer lock on a connection of its
+// own and keeps it until ctx ends. A second harikube on the same database
+// is refused: it would write rows the first one's index and coverage do not
+// know about, and both would compact and re-index the same rows.
+func holdWriterLock(ctx context.Context, wg *sync.WaitGroup, c *pgx.ConnConfig) error {
+	lc := c.Copy()
+	lc.RuntimeParams["application_name"] = writerLockApp
+	conn, err := pgx.ConnectConfig(ctx, lc)
+	if err != nil {
+		return fmt.Errorf("connect to PostgreSQL database %q: %w", c.Database, err)
+	}
+	var locked bool
+	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", int64(writerLockKey)).Scan(&locked); err != nil {
+		conn.Close(ctx)
+		return fmt.Errorf("lock PostgreSQL database %q: %w", c.Database, err)
+	}
+	if !locked {
+		holder := lockHolder(ctx, conn)
+		conn.Close(ctx)
+		return fmt.Errorf("PostgreSQL database %q is in use by another harikube datastore%s: "+
+			"one server writes to a database at a time. Stop the other server, or give this one "+
+			"another database in its endpoint (e.g. postgres://…/%s-2)", c.Database, holder, c.Database)
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		watchWriterLock(ctx, conn, c.Database)
+	}()
+	return nil
+}
+
+// lockHolder describes the session holding the writer lock, for the error.
+func lockHolder(ctx context.Context, conn *pgx.Conn) string {
+	var pid int32
+	var addr, started string
+	err := conn.QueryRow(ctx, `SELECT a.pid, COALESCE(host(a.client_addr), 'local socket'), to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS TZ')
+		FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+		WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+		AND l.classid = $1 AND l.objid = $2 AND l.objsubid = 1 LIMIT 1`,
+		int64(writerLockKey>>32), int64(writerLockKey&0xffffffff)).Scan(&pid, &addr, &started)
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf(" (connected from %s since %s, PostgreSQL backend pid %d)", addr, started, pid)
+}
+
+// watchWriterLock keeps the lock's connection until ctx ends and says so
+// loudly if it is lost (the PostgreSQL server restarted, the session was
+// terminated): another server could then take the database.
+func watchWriterLock(ctx context.Context, conn *pgx.Conn, database string) {
+	defer conn.Close(context.WithoutCancel(ctx))
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(30 * time.Second):
+		}
+		if err := conn.Ping(ctx); err != nil && ctx.Err() == nil {
+			logrus.Errorf("Lost the writer lock on PostgreSQL database %q (%v): another harikube could now start writing to it; restart this server to take the lock again", database, err)
+			return
+		}
+	}
 }
 
 // createDatabase creates the configured database when it does not exist,
