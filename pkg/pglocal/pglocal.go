@@ -6,6 +6,7 @@ package pglocal
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"os/user"
@@ -71,9 +72,24 @@ func serverUser() (*syscall.Credential, error) {
 	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
 }
 
+// Config adds to a server's default configuration (unix socket only, trust).
+type Config struct {
+	// Settings are postgresql.conf settings passed on the command line,
+	// e.g. "ssl=on"; file paths in them may be relative to the data directory.
+	Settings []string
+	// HBA, when not empty, replaces pg_hba.conf.
+	HBA string
+	// Files are written into the data directory before the start, readable
+	// by the server only (keys, certificates).
+	Files map[string][]byte
+}
+
 // Start initialises and starts a server in a new directory under parent
 // ("" for the system temp dir). Stop removes it again.
-func Start(parent string) (*Server, error) {
+func Start(parent string) (*Server, error) { return StartWith(parent, Config{}) }
+
+// StartWith is Start with c added to the configuration.
+func StartWith(parent string, c Config) (*Server, error) {
 	bin, err := BinDir()
 	if err != nil {
 		return nil, err
@@ -98,12 +114,42 @@ func Start(parent string) (*Server, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
+	if err := s.configure(data, c); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
 	opts := fmt.Sprintf("-c listen_addresses='' -c unix_socket_directories=%s -c fsync=off -c max_connections=200", dir)
+	for _, setting := range c.Settings {
+		opts += " -c " + setting
+	}
 	if err := s.run("pg_ctl", "-D", data, "-o", opts, "-l", filepath.Join(dir, "log"), "-w", "-t", "60", "start"); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
 	return s, nil
+}
+
+// configure writes c's files into the data directory.
+func (s *Server) configure(data string, c Config) error {
+	files := maps.Clone(c.Files)
+	if c.HBA != "" {
+		if files == nil {
+			files = map[string][]byte{}
+		}
+		files["pg_hba.conf"] = []byte(c.HBA)
+	}
+	for name, content := range files {
+		path := filepath.Join(data, name)
+		if err := os.WriteFile(path, content, 0o600); err != nil {
+			return fmt.Errorf("configure PostgreSQL: %w", err)
+		}
+		if s.cred != nil {
+			if err := os.Chown(path, int(s.cred.Uid), int(s.cred.Gid)); err != nil {
+				return fmt.Errorf("configure PostgreSQL: %w", err)
+			}
+		}
+	}
+	return nil
 }
 
 func (s *Server) run(name string, args ...string) error {
