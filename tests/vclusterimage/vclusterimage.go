@@ -26,17 +26,22 @@ type Image struct {
 	Binaries  string // `cp -r /kubernetes/. /binaries/` run with the image's own cp
 }
 
-// Build runs scripts/build-image (from repoRoot) with the harikube binary
-// bin, tagged ref, into dir, unpacks it and fills Binaries the way vCluster's
-// init container does.
-func Build(repoRoot, bin, ref, dir string) (Image, error) {
-	b := Image{
+// InDir is the image Build built into dir.
+func InDir(ref, dir string) Image {
+	return Image{
 		Ref:       ref,
 		OCILayout: filepath.Join(dir, "oci"),
 		Tarball:   filepath.Join(dir, "image.tar"),
 		RootFS:    filepath.Join(dir, "rootfs"),
 		Binaries:  filepath.Join(dir, "binaries"),
 	}
+}
+
+// Build runs scripts/build-image (from repoRoot) with the harikube binary
+// bin, tagged ref, into dir, unpacks it and fills Binaries the way vCluster's
+// init container does.
+func Build(repoRoot, bin, ref, dir string) (Image, error) {
+	b := InDir(ref, dir)
 	cmd := exec.Command(filepath.Join(repoRoot, "scripts", "build-image"), "--binary", bin, "--image", ref, "--oci-layout", b.OCILayout, "--tarball", b.Tarball)
 	cmd.Dir = repoRoot
 	if out, err := cmd.CombinedOutput(); err != nil {

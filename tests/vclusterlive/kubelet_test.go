@@ -1,0 +1,410 @@
+//go:build vclusterlive
+
+package vclusterlive
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
+	"k8s.io/utils/ptr"
+
+	"github.com/harikube/harikube/tests/vclusterimage"
+)
+
+// The node the test's kubelet stands for, and the addresses it reports for
+// itself and its pods (everything is on loopback).
+const (
+	nodeName = "live-node"
+	nodeIP   = "127.0.0.1"
+)
+
+// keepNodeReady registers a Node and, as a kubelet does, renews its Lease
+// and its Ready condition every 10 s until the test ends.
+func keepNodeReady(t *testing.T, host kubernetes.Interface) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	now := metav1.Now()
+	node := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: nodeName, Labels: map[string]string{"kubernetes.io/hostname": nodeName, "kubernetes.io/os": "linux"}},
+		Status: corev1.NodeStatus{
+			Capacity:        corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("8"), corev1.ResourceMemory: resource.MustParse("32Gi"), corev1.ResourcePods: resource.MustParse("110")},
+			Allocatable:     corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("8"), corev1.ResourceMemory: resource.MustParse("32Gi"), corev1.ResourcePods: resource.MustParse("110")},
+			Addresses:       []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: nodeIP}, {Type: corev1.NodeHostName, Address: nodeName}},
+			Conditions:      []corev1.NodeCondition{readyCondition(now)},
+			DaemonEndpoints: corev1.NodeDaemonEndpoints{KubeletEndpoint: corev1.DaemonEndpoint{Port: 10250}},
+			NodeInfo:        corev1.NodeSystemInfo{KubeletVersion: "v1.37.2", OperatingSystem: "linux", Architecture: "amd64"},
+		},
+	}
+	created, err := host.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create node %s: %v", nodeName, err)
+	}
+	created.Status = node.Status
+	if _, err := host.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("node %s status: %v", nodeName, err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			if err := heartbeat(ctx, host); err != nil && ctx.Err() == nil {
+				t.Logf("node heartbeat: %v", err)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(10 * time.Second):
+			}
+		}
+	}()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+}
+
+func readyCondition(now metav1.Time) corev1.NodeCondition {
+	return corev1.NodeCondition{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady", Message: "kubelet is posting ready status", LastHeartbeatTime: now, LastTransitionTime: now}
+}
+
+// heartbeat renews the node's Lease and Ready condition once.
+func heartbeat(ctx context.Context, host kubernetes.Interface) error {
+	now := metav1.NowMicro()
+	leases := host.CoordinationV1().Leases(corev1.NamespaceNodeLease)
+	lease, err := leases.Get(ctx, nodeName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		_, err = leases.Create(ctx, &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{Name: nodeName},
+			Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr.To(nodeName), LeaseDurationSeconds: ptr.To[int32](40), RenewTime: &now},
+		}, metav1.CreateOptions{})
+	} else if err == nil {
+		lease.Spec.RenewTime = &now
+		_, err = leases.Update(ctx, lease, metav1.UpdateOptions{})
+	}
+	if err != nil {
+		return fmt.Errorf("lease: %w", err)
+	}
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		node, err := host.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		ready := readyCondition(metav1.Now())
+		for i, c := range node.Status.Conditions {
+			if c.Type == corev1.NodeReady {
+				ready.LastTransitionTime = c.LastTransitionTime
+				node.Status.Conditions[i] = ready
+			}
+		}
+		_, err = host.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
+		return err
+	})
+}
+
+// bindAndRun binds a host pod to the node and reports it running, as the
+// scheduler and then the kubelet would.
+func bindAndRun(t *testing.T, host kubernetes.Interface, namespace, name, podIP string) *corev1.Pod {
+	t.Helper()
+	ctx := context.Background()
+	err := host.CoreV1().Pods(namespace).Bind(ctx, &corev1.Binding{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Target:     corev1.ObjectReference{Kind: "Node", Name: nodeName},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("bind pod %s/%s to %s: %v", namespace, name, nodeName, err)
+	}
+	var pod *corev1.Pod
+	poll(t, "status of pod "+name, time.Second, 30*time.Second, func() (bool, error) {
+		p, err := host.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		now := metav1.Now()
+		p.Status.Phase = corev1.PodRunning
+		p.Status.HostIP, p.Status.PodIP = nodeIP, podIP
+		p.Status.HostIPs, p.Status.PodIPs = []corev1.HostIP{{IP: nodeIP}}, []corev1.PodIP{{IP: podIP}}
+		p.Status.StartTime = &now
+		p.Status.Conditions = []corev1.PodCondition{
+			{Type: corev1.PodScheduled, Status: corev1.ConditionTrue, LastTransitionTime: now},
+			{Type: corev1.PodInitialized, Status: corev1.ConditionTrue, LastTransitionTime: now},
+			{Type: corev1.ContainersReady, Status: corev1.ConditionTrue, LastTransitionTime: now},
+			{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now},
+		}
+		pod, err = host.CoreV1().Pods(namespace).UpdateStatus(ctx, p, metav1.UpdateOptions{})
+		return err == nil, err
+	})
+	return pod
+}
+
+// syncerPod is one run of the syncer container of the host pod: a private
+// root with the pod's volumes bind-mounted where the container mounts them.
+type syncerPod struct {
+	cmd  *exec.Cmd // unshare; the syncer is PID 1 of its PID namespace
+	log  string
+	done chan struct{}
+	code int
+}
+
+// podVolumes are the directories behind the pod's volumes, kept across
+// container restarts (the PVC "data" also across pod runs).
+type podVolumes struct {
+	dirs map[string]string // volume name -> directory
+}
+
+// runSyncer starts the pod's container "syncer" with image files from the
+// syncer build (syncerDir: /vcluster and /usr/local/bin/kine, as the
+// vcluster image has them) and the init container "kubernetes" run first
+// from the harikube image.
+func runSyncer(t *testing.T, host kubernetes.Interface, hostPort int, hostCA []byte, pod *corev1.Pod, vols *podVolumes, img vclusterimage.Image, syncerDir, logPath string) *syncerPod {
+	t.Helper()
+	ctx := context.Background()
+	var container *corev1.Container
+	for i := range pod.Spec.Containers {
+		if pod.Spec.Containers[i].Name == "syncer" {
+			container = &pod.Spec.Containers[i]
+		}
+	}
+	if container == nil {
+		t.Fatalf("pod %s has no container syncer", pod.Name)
+	}
+	volumes := map[string]corev1.Volume{}
+	for _, v := range pod.Spec.Volumes {
+		volumes[v.Name] = v
+	}
+
+	// Volumes, as the kubelet prepares them.
+	for _, m := range container.VolumeMounts {
+		dir, ok := vols.dirs[m.Name]
+		if !ok {
+			dir = filepath.Join(t.TempDir(), m.Name)
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			vols.dirs[m.Name] = dir
+		}
+		v, isVolume := volumes[m.Name]
+		if isVolume && v.Secret != nil {
+			secret, err := host.CoreV1().Secrets(pod.Namespace).Get(ctx, v.Secret.SecretName, metav1.GetOptions{})
+			if err != nil {
+				t.Fatalf("secret volume %s: %v", m.Name, err)
+			}
+			for k, data := range secret.Data {
+				if err := os.WriteFile(filepath.Join(dir, k), data, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	// The init container "kubernetes": the image's own cp into /binaries.
+	for _, ic := range pod.Spec.InitContainers {
+		if strings.Join(append(ic.Command, ic.Args...), " ") != "cp -r /kubernetes/. /binaries/" {
+			t.Fatalf("init container %s runs %q, want cp -r /kubernetes/. /binaries/", ic.Name, append(ic.Command, ic.Args...))
+		}
+		if err := img.InitCopy(vols.dirs["binaries"]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The projected service-account token, bound to the pod.
+	saDir := filepath.Join(t.TempDir(), "serviceaccount")
+	if err := os.MkdirAll(saDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := host.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx, pod.Spec.ServiceAccountName, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{
+			ExpirationSeconds: ptr.To[int64](3600),
+			BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("token for service account %s: %v", pod.Spec.ServiceAccountName, err)
+	}
+	for name, data := range map[string][]byte{"token": []byte(tr.Status.Token), "ca.crt": hostCA, "namespace": []byte(pod.Namespace)} {
+		if err := os.WriteFile(filepath.Join(saDir, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// The container's root: the syncer image's files, /etc, and mount points.
+	root := filepath.Join(t.TempDir(), "root")
+	for _, d := range []string{"dev", "proc", "etc", "root", "usr/local/bin"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	files := map[string]string{
+		"etc/hosts":       "127.0.0.1 localhost\n::1 localhost\n",
+		"etc/passwd":      "root:x:0:0:root:/root:/bin/sh\n",
+		"etc/group":       "root:x:0:\n",
+		"etc/resolv.conf": "",
+	}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(root, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	binds := [][2]string{
+		{filepath.Join(syncerDir, "vcluster"), "/vcluster"},
+		{filepath.Join(syncerDir, "kine"), "/usr/local/bin/kine"},
+		{saDir, "/var/run/secrets/kubernetes.io/serviceaccount"},
+	}
+	for _, m := range container.VolumeMounts {
+		binds = append(binds, [2]string{vols.dirs[m.Name], m.MountPath})
+	}
+	var script strings.Builder
+	script.WriteString("set -e\nmount --rbind /dev \"$R/dev\"\nmount -t proc proc \"$R/proc\"\n")
+	for _, b := range binds {
+		target := filepath.Join(root, b[1])
+		if fi, err := os.Stat(b[0]); err == nil && !fi.IsDir() {
+			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(target, nil, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		} else if err := os.MkdirAll(target, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&script, "mount --bind %q %q\n", b[0], target)
+	}
+	script.WriteString("cd \"$R\"\nexec chroot \"$R\" /vcluster start\n")
+
+	// The container's environment: the pod spec's, with field references
+	// resolved from the pod, plus what the kubelet adds.
+	env := []string{
+		"R=" + root,
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"HOME=/root",
+		"HOSTNAME=" + pod.Name,
+		"KUBERNETES_SERVICE_HOST=127.0.0.1",
+		"KUBERNETES_SERVICE_PORT=" + strconv.Itoa(hostPort),
+		"KUBERNETES_SERVICE_PORT_HTTPS=" + strconv.Itoa(hostPort),
+	}
+	for _, e := range container.Env {
+		value := e.Value
+		if e.ValueFrom != nil {
+			if e.ValueFrom.FieldRef == nil {
+				t.Fatalf("env %s: only fieldRef is supported", e.Name)
+			}
+			switch e.ValueFrom.FieldRef.FieldPath {
+			case "metadata.name":
+				value = pod.Name
+			case "metadata.namespace":
+				value = pod.Namespace
+			case "status.podIP":
+				value = pod.Status.PodIP
+			case "status.hostIP":
+				value = pod.Status.HostIP
+			case "spec.nodeName":
+				value = pod.Spec.NodeName
+			default:
+				t.Fatalf("env %s: field %s", e.Name, e.ValueFrom.FieldRef.FieldPath)
+			}
+		}
+		env = append(env, e.Name+"="+value)
+	}
+
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	fmt.Fprintf(logf, "=== %s: syncer of pod %s/%s\n", time.Now().Format(time.RFC3339), pod.Namespace, pod.Name)
+	p := &syncerPod{log: logPath, done: make(chan struct{})}
+	p.cmd = exec.Command("unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child=SIGKILL", "--", "/bin/sh", "-c", script.String())
+	p.cmd.Env = env
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start the syncer: %v", err)
+	}
+	go func() {
+		_ = p.cmd.Wait()
+		p.code = p.cmd.ProcessState.ExitCode()
+		close(p.done)
+	}()
+	t.Cleanup(func() { p.kill(t) })
+	return p
+}
+
+func (p *syncerPod) running() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// exitedErr is non-nil once the container has exited.
+func (p *syncerPod) exitedErr() error {
+	if p.running() {
+		return nil
+	}
+	return fmt.Errorf("the syncer exited with code %d; last lines of %s:\n%s", p.code, p.log, tail(p.log, 60))
+}
+
+// kill is SIGKILL of the syncer and everything it started: unshare passes
+// it to the namespace's PID 1 (the syncer), and the kernel then kills every
+// other process of the PID namespace.
+func (p *syncerPod) kill(t *testing.T) {
+	if !p.running() {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		t.Errorf("the syncer's namespace did not exit within 30s of SIGKILL")
+	}
+}
+
+func tail(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// poll calls cond every interval until it returns true and fails the test
+// after timeout.
+func poll(t *testing.T, what string, interval, timeout time.Duration, cond func() (bool, error), pods ...*syncerPod) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last error
+	for {
+		ok, err := cond()
+		if ok {
+			return
+		}
+		last = err
+		for _, p := range pods {
+			if err := p.exitedErr(); err != nil {
+				t.Fatalf("waiting for %s: %v", what, err)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: timed out after %s (last error: %v)", what, timeout, last)
+		}
+		time.Sleep(interval)
+	}
+}

@@ -1,0 +1,419 @@
+//go:build vclusterlive
+
+package vclusterlive
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/ptr"
+
+	"github.com/harikube/harikube/tests/testserver"
+)
+
+const (
+	syncerVersion = "v0.30.0"
+	// The release and namespace package/vcluster-kine-sqlite.yaml is rendered for.
+	release   = "kine"
+	namespace = "kine"
+	// What the virtual pod tolerates, in seconds: upstream node lifecycle would
+	// evict it this long after tainting its node (50 s grace), well within the
+	// wait below.
+	tolerationSeconds = 30
+	evictionWait      = 150 * time.Second
+)
+
+// TestSyncer runs vCluster 0.30's syncer with package/vcluster-kine-sqlite.yaml,
+// unedited, on a k3s-like and a kind-like host.
+func TestSyncer(t *testing.T) {
+	syncerDir := os.Getenv(syncerEnv)
+	if syncerDir == "" {
+		t.Fatalf("%s is not set (TestMain sets it from scripts/build-vcluster-syncer)", syncerEnv)
+	}
+	for _, hostCIDR := range []string{"10.43.0.0/16", "10.96.0.0/12"} {
+		t.Run("host-"+strings.ReplaceAll(hostCIDR, "/", "_"), func(t *testing.T) {
+			started := time.Now()
+			runLive(t, syncerDir, hostCIDR)
+			t.Logf("host service CIDR %s: passed in %s", hostCIDR, time.Since(started).Round(time.Second))
+		})
+	}
+}
+
+func runLive(t *testing.T, syncerDir, hostCIDR string) {
+	ctx := context.Background()
+	host := testserver.Start(t, "--service-cidr="+hostCIDR)
+	hostCA := host.Config.TLSClientConfig.CAData
+	if len(hostCA) == 0 {
+		t.Fatal("the host kubeconfig has no certificate-authority-data")
+	}
+	logPath := filepath.Join(t.TempDir(), "syncer.log")
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("syncer log (%s), last lines:\n%s", logPath, tail(logPath, 80))
+			if dir := os.Getenv("HARIKUBE_TEST_LOGS"); dir != "" {
+				if b, err := os.ReadFile(logPath); err == nil && os.MkdirAll(dir, 0o755) == nil {
+					_ = os.WriteFile(filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_")+"-syncer.log"), b, 0o644)
+				}
+			}
+		}
+	})
+
+	// The host side, as `kubectl apply -f package/vcluster-kine-sqlite.yaml`
+	// on a cluster with one node.
+	kubectl(t, host.Kubeconfig, "create", "namespace", namespace)
+	kubectl(t, host.Kubeconfig, "apply", "-f", filepath.Join(repoRoot(), "package", "vcluster-kine-sqlite.yaml"))
+	keepNodeReady(t, host.Client)
+	poll(t, "the StatefulSet's pod "+release+"-0", time.Second, 2*time.Minute, func() (bool, error) {
+		_, err := host.Client.CoreV1().Pods(namespace).Get(ctx, release+"-0", metav1.GetOptions{})
+		return err == nil, err
+	})
+	pod := bindAndRun(t, host.Client, namespace, release+"-0", "127.0.0.1")
+
+	vols := &podVolumes{dirs: map[string]string{}}
+	syncer := runSyncer(t, host.Client, host.Port, hostCA, pod, vols, image(t), syncerDir, logPath)
+	virtual := waitReady(t, host, syncer)
+
+	// The syncer started harikube through the values' command: its database
+	// is where --data-dir says, and /version is harikube's Kubernetes.
+	if _, err := os.Stat(filepath.Join(vols.dirs["data"], "harikube", "db", "state.db")); err != nil {
+		t.Errorf("harikube's database in /data/harikube: %v", err)
+	}
+	if v, err := virtual.client.Discovery().ServerVersion(); err != nil || v.GitVersion != "v1.37.2" {
+		t.Errorf("virtual /version: %v, %v; want v1.37.2", v, err)
+	}
+
+	// default/kubernetes has the host Service's ClusterIP.
+	hostSvc, err := host.Client.CoreV1().Services(namespace).Get(ctx, release, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	poll(t, "virtual default/kubernetes with the host ClusterIP "+hostSvc.Spec.ClusterIP, time.Second, time.Minute, func() (bool, error) {
+		svc, err := virtual.client.CoreV1().Services("default").Get(ctx, "kubernetes", metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		return svc.Spec.ClusterIP == hostSvc.Spec.ClusterIP, fmt.Errorf("ClusterIP %s", svc.Spec.ClusterIP)
+	}, syncer)
+
+	// Objects created in the virtual cluster appear in the host namespace
+	// under vCluster's names; the host Pod waits for a scheduler.
+	createWorkload(t, virtual.client)
+	hostName := func(name string) string { return name + "-x-default-x-" + release }
+	poll(t, "the synced objects in the host namespace", time.Second, 2*time.Minute, func() (bool, error) {
+		if _, err := host.Client.CoreV1().ConfigMaps(namespace).Get(ctx, hostName("live-config"), metav1.GetOptions{}); err != nil {
+			return false, err
+		}
+		if _, err := host.Client.CoreV1().Secrets(namespace).Get(ctx, hostName("live-secret"), metav1.GetOptions{}); err != nil {
+			return false, err
+		}
+		if _, err := host.Client.CoreV1().Services(namespace).Get(ctx, hostName("live-svc"), metav1.GetOptions{}); err != nil {
+			return false, err
+		}
+		_, err := host.Client.CoreV1().Pods(namespace).Get(ctx, hostName("live-pod"), metav1.GetOptions{})
+		return err == nil, err
+	}, syncer)
+	hostPod, err := host.Client.CoreV1().Pods(namespace).Get(ctx, hostName("live-pod"), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hostPod.Status.Phase != corev1.PodPending || hostPod.Spec.NodeName != "" {
+		t.Errorf("host pod: phase %s on node %q, want Pending and unscheduled", hostPod.Status.Phase, hostPod.Spec.NodeName)
+	}
+	// The synced Service keeps the host's ClusterIP in the virtual cluster too.
+	hostLiveSvc, err := host.Client.CoreV1().Services(namespace).Get(ctx, hostName("live-svc"), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	poll(t, "virtual live-svc with the host ClusterIP "+hostLiveSvc.Spec.ClusterIP, time.Second, time.Minute, func() (bool, error) {
+		svc, err := virtual.client.CoreV1().Services("default").Get(ctx, "live-svc", metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		return svc.Spec.ClusterIP == hostLiveSvc.Spec.ClusterIP, fmt.Errorf("ClusterIP %s", svc.Spec.ClusterIP)
+	}, syncer)
+
+	// Scheduled on the host's Ready node: the virtual node the syncer creates
+	// stays Ready and the virtual pod stays, past the time upstream node
+	// lifecycle would need to evict it.
+	bindAndRun(t, host.Client, namespace, hostName("live-pod"), "10.244.0.10")
+	poll(t, "the virtual pod on "+nodeName, time.Second, 2*time.Minute, func() (bool, error) {
+		p, err := virtual.client.CoreV1().Pods("default").Get(ctx, "live-pod", metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		return p.Spec.NodeName == nodeName && p.Status.Phase == corev1.PodRunning, fmt.Errorf("node %q, phase %s", p.Spec.NodeName, p.Status.Phase)
+	}, syncer)
+	deadline := time.Now().Add(evictionWait)
+	for time.Now().Before(deadline) {
+		checkNotEvicted(t, virtual.client, host.Client, hostName("live-pod"))
+		if err := syncer.exitedErr(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Second)
+	}
+
+	// A label-selector LIST in the virtual cluster is answered by harikube's
+	// datastore.
+	checkPushdown(t, virtual)
+
+	// SIGKILL of the syncer and everything it started, then the same pod
+	// again on the same /data: every object is still there.
+	syncer.kill(t)
+	waitPortsClosed(t, "127.0.0.1:6443", "127.0.0.1:8443")
+	pod, err = host.Client.CoreV1().Pods(namespace).Get(ctx, release+"-0", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	syncer = runSyncer(t, host.Client, host.Port, hostCA, pod, vols, image(t), syncerDir, logPath)
+	virtual = waitReady(t, host, syncer)
+	checkWorkload(t, virtual.client)
+	checkNotEvicted(t, virtual.client, host.Client, hostName("live-pod"))
+}
+
+// virtualCluster is the virtual cluster as a user reaches it: the vc-kine
+// Secret's kubeconfig, its server pointed at loopback.
+type virtualCluster struct {
+	kubeconfig string
+	config     *rest.Config
+	client     kubernetes.Interface
+}
+
+// waitReady waits for the syncer's readiness probe (HTTPS /readyz on 8443,
+// as the kubelet probes it) and the kubeconfig Secret, and checks that
+// kubectl works with it.
+func waitReady(t *testing.T, host *testserver.Server, syncer *syncerPod) virtualCluster {
+	t.Helper()
+	ctx := context.Background()
+	probe := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	poll(t, "the syncer's readiness probe (https://127.0.0.1:8443/readyz)", 2*time.Second, 8*time.Minute, func() (bool, error) {
+		res, err := probe.Get("https://127.0.0.1:8443/readyz")
+		if err != nil {
+			return false, err
+		}
+		res.Body.Close()
+		return res.StatusCode == http.StatusOK, fmt.Errorf("status %d", res.StatusCode)
+	}, syncer)
+	var raw []byte
+	poll(t, "Secret vc-"+release, time.Second, time.Minute, func() (bool, error) {
+		s, err := host.Client.CoreV1().Secrets(namespace).Get(ctx, "vc-"+release, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		raw = s.Data["config"]
+		return len(raw) > 0, fmt.Errorf("no key config")
+	}, syncer)
+	cfg, err := clientcmd.Load(raw)
+	if err != nil {
+		t.Fatalf("vc-%s config: %v", release, err)
+	}
+	for _, cluster := range cfg.Clusters {
+		if cluster.Server != "https://localhost:8443" {
+			t.Errorf("vc-%s names server %s, want https://localhost:8443", release, cluster.Server)
+		}
+		cluster.Server = "https://127.0.0.1:8443"
+	}
+	path := filepath.Join(t.TempDir(), "vcluster.kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		t.Fatal(err)
+	}
+	out := kubectl(t, path, "get", "namespaces", "-o", "name")
+	if !strings.Contains(out, "namespace/default") {
+		t.Fatalf("kubectl get namespaces with vc-%s: %q, want namespace/default", release, out)
+	}
+	restCfg, err := clientcmd.BuildConfigFromFlags("", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	restCfg.Timeout = 30 * time.Second
+	return virtualCluster{kubeconfig: path, config: restCfg, client: kubernetes.NewForConfigOrDie(restCfg)}
+}
+
+// createWorkload creates a ConfigMap and a Secret used by a Pod, the Pod and
+// a Service for it, in the virtual cluster's default namespace.
+func createWorkload(t *testing.T, c kubernetes.Interface) {
+	t.Helper()
+	ctx := context.Background()
+	labels := map[string]string{"app": "live"}
+	if _, err := c.CoreV1().ConfigMaps("default").Create(ctx, &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: "live-config", Labels: labels},
+		Data:       map[string]string{"greeting": "hello"},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CoreV1().Secrets("default").Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "live-secret", Labels: labels},
+		StringData: map[string]string{"password": "s3cret"},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CoreV1().Services("default").Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "live-svc", Labels: labels},
+		Spec: corev1.ServiceSpec{
+			Selector: labels,
+			Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}},
+		},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CoreV1().Pods("default").Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "live-pod", Labels: labels},
+		Spec: corev1.PodSpec{
+			Containers: []corev1.Container{{
+				Name:         "app",
+				Image:        "busybox:1.37",
+				Command:      []string{"sleep", "infinity"},
+				EnvFrom:      []corev1.EnvFromSource{{ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "live-config"}}}},
+				VolumeMounts: []corev1.VolumeMount{{Name: "secret", MountPath: "/secret"}},
+			}},
+			Volumes: []corev1.Volume{{Name: "secret", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "live-secret"}}}},
+			Tolerations: []corev1.Toleration{
+				{Key: corev1.TaintNodeNotReady, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute, TolerationSeconds: ptr.To[int64](tolerationSeconds)},
+				{Key: corev1.TaintNodeUnreachable, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute, TolerationSeconds: ptr.To[int64](tolerationSeconds)},
+			},
+		},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkWorkload finds every object createWorkload made.
+func checkWorkload(t *testing.T, c kubernetes.Interface) {
+	t.Helper()
+	ctx := context.Background()
+	cm, err := c.CoreV1().ConfigMaps("default").Get(ctx, "live-config", metav1.GetOptions{})
+	if err != nil || cm.Data["greeting"] != "hello" {
+		t.Errorf("ConfigMap live-config: %v %v", cm.Data, err)
+	}
+	s, err := c.CoreV1().Secrets("default").Get(ctx, "live-secret", metav1.GetOptions{})
+	if err != nil || string(s.Data["password"]) != "s3cret" {
+		t.Errorf("Secret live-secret: %v", err)
+	}
+	if _, err := c.CoreV1().Services("default").Get(ctx, "live-svc", metav1.GetOptions{}); err != nil {
+		t.Errorf("Service live-svc: %v", err)
+	}
+	if _, err := c.CoreV1().Pods("default").Get(ctx, "live-pod", metav1.GetOptions{}); err != nil {
+		t.Errorf("Pod live-pod: %v", err)
+	}
+}
+
+// checkNotEvicted fails when the virtual node is not Ready or tainted, or
+// the virtual or host pod is gone or being deleted.
+func checkNotEvicted(t *testing.T, virtual, host kubernetes.Interface, hostPodName string) {
+	t.Helper()
+	ctx := context.Background()
+	node, err := virtual.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("virtual node %s: %v", nodeName, err)
+	}
+	for _, c := range node.Status.Conditions {
+		if c.Type == corev1.NodeReady && c.Status != corev1.ConditionTrue {
+			t.Fatalf("virtual node %s: Ready is %s (%s: %s)", nodeName, c.Status, c.Reason, c.Message)
+		}
+	}
+	for _, taint := range node.Spec.Taints {
+		if taint.Effect == corev1.TaintEffectNoExecute {
+			t.Fatalf("virtual node %s has the taint %s", nodeName, taint.ToString())
+		}
+	}
+	p, err := virtual.CoreV1().Pods("default").Get(ctx, "live-pod", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("virtual pod live-pod: %v", err)
+	}
+	if p.DeletionTimestamp != nil {
+		t.Fatalf("virtual pod live-pod is being deleted (evicted): %v", p.Status.Conditions)
+	}
+	hp, err := host.CoreV1().Pods(namespace).Get(ctx, hostPodName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("host pod %s: %v", hostPodName, err)
+	}
+	if hp.DeletionTimestamp != nil {
+		t.Fatalf("host pod %s is being deleted", hostPodName)
+	}
+}
+
+// checkPushdown lists ConfigMaps by label in the virtual cluster and checks
+// that harikube's datastore answered the selection (its metrics count it).
+func checkPushdown(t *testing.T, v virtualCluster) {
+	t.Helper()
+	ctx := context.Background()
+	before := metric(t, v.client, "harikube_datastore_selection_requests_total")
+	var list *corev1.ConfigMapList
+	var err error
+	// ConfigMaps are served from the watch cache; a LIST with
+	// resourceVersion "" reads the datastore, with the selector pushed down.
+	list, err = v.client.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{LabelSelector: "app=live"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Items) != 1 || list.Items[0].Name != "live-config" {
+		t.Errorf("LIST configmaps app=live: %d items, want live-config", len(list.Items))
+	}
+	after := metric(t, v.client, "harikube_datastore_selection_requests_total")
+	if after <= before {
+		t.Errorf("harikube_datastore_selection_requests_total: %v before the LIST, %v after; want an increase", before, after)
+	}
+}
+
+// metric sums a metric's samples from the virtual apiserver's /metrics
+// (through the syncer's proxy).
+func metric(t *testing.T, c kubernetes.Interface, name string) float64 {
+	t.Helper()
+	body, err := c.Discovery().RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
+	if err != nil {
+		t.Fatalf("virtual /metrics: %v", err)
+	}
+	var total float64
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, name+"{") || strings.HasPrefix(line, name+" ") {
+			var v float64
+			fmt.Sscanf(line[strings.LastIndex(line, " ")+1:], "%g", &v)
+			total += v
+		}
+	}
+	return total
+}
+
+// waitPortsClosed waits until nothing listens on the addresses any more.
+func waitPortsClosed(t *testing.T, addrs ...string) {
+	t.Helper()
+	poll(t, "nothing listening on "+strings.Join(addrs, ", "), 500*time.Millisecond, 30*time.Second, func() (bool, error) {
+		for _, a := range addrs {
+			if conn, err := net.DialTimeout("tcp", a, time.Second); err == nil {
+				conn.Close()
+				return false, fmt.Errorf("%s still accepts connections", a)
+			}
+		}
+		return true, nil
+	})
+}
+
+// kubectl runs upstream kubectl (harikube's embedded copy) and returns its
+// stdout; a non-zero exit fails the test.
+func kubectl(t *testing.T, kubeconfig string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, testserver.Binary(t), append([]string{"kubectl", "--kubeconfig", kubeconfig}, args...)...)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, errOut.String())
+	}
+	return out.String()
+}
