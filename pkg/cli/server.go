@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/harikube/harikube/pkg/server"
+	"github.com/harikube/harikube/pkg/vcluster"
 )
 
 func newServerCommand() *cobra.Command {
@@ -20,6 +21,9 @@ func newServerCommand() *cobra.Command {
 			setupLogging(debug)
 			cfg.APIServerArgs = componentArgs(apiArgs)
 			cfg.ControllerManagerArgs = componentArgs(cmArgs)
+			if cfg.VCluster && !c.Flags().Changed("service-cidr") {
+				cfg.ServiceCIDR = "" // the host cluster's, as vCluster detected it
+			}
 			ctx, cancel := signalContext()
 			defer cancel()
 			return server.Run(ctx, cfg)
@@ -32,7 +36,8 @@ func newServerCommand() *cobra.Command {
 	f.IntVar(&cfg.HTTPSPort, "https-listen-port", 6443, "HTTPS port of the kube-apiserver")
 	f.StringVar(&cfg.DatastoreEndpoint, "datastore-endpoint", "", "Kine datastore DSN (default: SQLite file <data-dir>/db/state.db)")
 	f.StringVarP(&cfg.WriteKubeconfig, "write-kubeconfig", "o", "", "write the admin kubeconfig to this path (default <data-dir>/kubeconfig.yaml)")
-	f.StringVar(&cfg.ServiceCIDR, "service-cidr", "10.43.0.0/16", "IP range for service cluster IPs")
+	f.StringVar(&cfg.ServiceCIDR, "service-cidr", "10.43.0.0/16", "IP range for service cluster IPs (\"v4,v6\" for dual-stack); with --vcluster the default is the host cluster's, as vCluster detected it")
+	f.BoolVar(&cfg.VCluster, "vcluster", false, "run as the control plane of a vCluster: the host cluster's service CIDR (annotation "+vcluster.ServiceCIDRAnnotation+" on the Service $"+vcluster.NameEnv+", read with the pod's service account) and vCluster's controller set for kube-controller-manager")
 	f.StringVar(&cfg.ClusterDomain, "cluster-domain", "cluster.local", "cluster domain")
 	f.BoolVar(&cfg.SelectorPushdown, "selector-pushdown", true, "answer label and field selectors in the datastore; false gives upstream behaviour with everything else unchanged")
 	f.BoolVar(&cfg.CacheCustomResources, "watch-cache-custom-resources", false, "keep the apiserver watch cache for custom resources (upstream default); by default they are served from the datastore with pushdown")

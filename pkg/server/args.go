@@ -62,6 +62,19 @@ func controllerManagerArgs(cfg Config, b *pki.Bundle, kubeconfig string) []strin
 	}
 }
 
+// vclusterControllerManagerArgs are the settings vCluster gives its own
+// controller manager (v0.30 pkg/k8s/k8s.go, no virtual scheduler): the
+// syncer owns nodes, volumes and attachments, so node lifecycle and the
+// volume controllers must not act on its objects. cloud-node-lifecycle,
+// also in vCluster's list, no longer exists in Kubernetes 1.37.
+var vclusterControllerManagerArgs = []string{
+	"--controllers=*,-nodeipam,-nodelifecycle,-persistentvolume-binder,-attachdetach,-persistentvolume-expander,-ttl",
+	"--node-monitor-grace-period=180s",
+	"--node-monitor-period=30s",
+	"--pvclaimbinder-sync-period=60s",
+	"--horizontal-pod-autoscaler-sync-period=60s",
+}
+
 // withUserArgs appends the user's flags to harikube's own, first dropping
 // each of harikube's flags that the user sets: list flags such as
 // --etcd-servers would otherwise append to harikube's value instead of

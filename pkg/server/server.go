@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -54,13 +55,34 @@ type Config struct {
 	// PKIDir, when set, is an existing PKI directory in vCluster's /data/pki
 	// layout (pkg/vcluster), used instead of generating one under DataDir.
 	PKIDir string
+	// VCluster runs harikube as a vCluster's control plane: the controller
+	// manager runs vCluster's controller set, and an empty ServiceCIDR is
+	// the one vCluster detected for the host cluster.
+	VCluster bool
 }
+
+// hostServiceCIDRWait bounds the wait for the host Service's annotation;
+// the syncer writes it before it starts harikube.
+const hostServiceCIDRWait = 30 * time.Second
 
 // Run starts everything, reports readiness, and blocks until ctx ends; then
 // it stops the controller manager, the apiserver and the datastore in that
 // order. A nil error means a clean stop.
 func Run(ctx context.Context, cfg Config) error {
 	start := time.Now()
+	if cfg.ServiceCIDR == "" {
+		if !cfg.VCluster {
+			return errors.New("no service CIDR: pass --service-cidr")
+		}
+		host, err := vcluster.PodHost()
+		if err != nil {
+			return err
+		}
+		if cfg.ServiceCIDR, err = host.ServiceCIDR(ctx, hostServiceCIDRWait); err != nil {
+			return err
+		}
+		logrus.Infof("Service CIDR: %s (the host cluster's, from Service %s/%s)", cfg.ServiceCIDR, host.Namespace, host.Service)
+	}
 	if err := prepareDataDir(cfg.DataDir); err != nil {
 		return err
 	}
@@ -195,7 +217,11 @@ func Run(ctx context.Context, cfg Config) error {
 
 	cmCtx, stopCM := context.WithCancel(context.Background())
 	defer stopCM()
-	cm, err := controllermanager.New(cmCtx, withUserArgs(controllerManagerArgs(cfg, bundle, controllerKubeconfig), cfg.ControllerManagerArgs))
+	cmArgs := controllerManagerArgs(cfg, bundle, controllerKubeconfig)
+	if cfg.VCluster {
+		cmArgs = withUserArgs(cmArgs, vclusterControllerManagerArgs)
+	}
+	cm, err := controllermanager.New(cmCtx, withUserArgs(cmArgs, cfg.ControllerManagerArgs))
 	if err != nil {
 		_ = stopAPIAndWait()
 		return err
@@ -329,10 +355,16 @@ func clientHost(bind string) string {
 	return ip.String()
 }
 
-func firstServiceIP(cidr string) (net.IP, error) {
-	_, n, err := net.ParseCIDR(cidr)
+// firstServiceIP is the kubernetes Service's IP: the first of the primary
+// range (the first of a dual-stack "v4,v6" pair, as upstream).
+func firstServiceIP(cidrs string) (net.IP, error) {
+	if err := vcluster.ValidateServiceCIDR(cidrs); err != nil {
+		return nil, err
+	}
+	primary, _, _ := strings.Cut(cidrs, ",")
+	_, n, err := net.ParseCIDR(strings.TrimSpace(primary))
 	if err != nil {
-		return nil, fmt.Errorf("service CIDR %q: %w", cidr, err)
+		return nil, fmt.Errorf("service CIDR %q: %w", cidrs, err)
 	}
 	ip := make(net.IP, len(n.IP))
 	copy(ip, n.IP)

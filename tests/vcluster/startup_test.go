@@ -37,6 +37,9 @@ type cluster struct {
 	adminConf      string
 	procs          []*process
 	kineMetrics    string // URL of kine's /metrics, when it serves one
+	// host, when set, is the host cluster the processes reach as the
+	// syncer's children do: from inside the pod (hostCluster.podArgs).
+	host *hostCluster
 }
 
 // newCluster prepares /data (with the syncer's PKI in /data/pki) for the
@@ -52,7 +55,11 @@ func newCluster(t *testing.T) *cluster {
 
 func (c *cluster) start(t *testing.T, name string, args []string) *process {
 	t.Helper()
-	p := startProcess(t, name, c.data, c.binaries, args)
+	var env []string
+	if c.host != nil {
+		args, env = c.host.podArgs(args), c.host.podEnv()
+	}
+	p := startProcess(t, name, c.data, c.binaries, args, env)
 	c.procs = append(c.procs, p)
 	return p
 }
@@ -153,6 +160,9 @@ func TestAllInOne(t *testing.T) {
 	c := newCluster(t)
 	kine := c.start(t, "kine", v030KineArgs(c.binaries+"/kine", c.data))
 	waitForEtcd(t, kineSocket(c.data), kine)
+	// A k3s-like host: the values name no service CIDR, harikube takes the
+	// one the syncer recorded on its host Service.
+	c.host = newHostCluster(t, "10.43.0.0/16", "10.43.0.0/16")
 	command := rebase(k8s.APIServer.Command, c.binaries, c.data)
 	extra := append(append([]string{}, k8s.APIServer.ExtraArgs...), "--https-listen-port="+strconv.Itoa(c.port))
 	api := c.start(t, "apiserver", mergeArgs(command, extra))
@@ -160,6 +170,9 @@ func TestAllInOne(t *testing.T) {
 	waitForClientConfig(t, c.adminConf, c.procs...)
 
 	checkSyncerContract(t, c)
+	t.Run("HostServiceCIDR", func(t *testing.T) {
+		checkServiceCIDR(t, kubernetes.NewForConfigOrDie(restConfig(t, c.adminConf)), "10.43.0.1", "10.43.12.34", "10.96.0.10")
+	})
 
 	// harikube keeps its own database and socket under --data-dir.
 	for _, f := range []string{"harikube/db/state.db", "harikube/kine.sock", "harikube/kubeconfig.yaml"} {
