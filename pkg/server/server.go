@@ -38,6 +38,7 @@ type Config struct {
 	BindAddress          string
 	HTTPSPort            int
 	DatastoreEndpoint    string
+	DatastoreTLS         DatastoreTLS
 	WriteKubeconfig      string
 	ServiceCIDR          string
 	ClusterDomain        string
@@ -154,6 +155,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Registry:          registry,
 		Unindexed:         cfg.UnindexedDatastore,
 		MetricsRegisterer: legacyregistry.Registerer(),
+		KineArgs:          cfg.DatastoreTLS.kineArgs(),
 	})
 	if err != nil {
 		return err
@@ -273,6 +275,23 @@ func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
 	case <-time.After(d):
 		logrus.Warn("kube-controller-manager did not stop in time; continuing shutdown")
 	}
+}
+
+// DatastoreTLS are the TLS files for a postgres:// datastore endpoint.
+type DatastoreTLS struct {
+	CAFile, CertFile, KeyFile string
+}
+
+// kineArgs passes the files to Kine as its own flags, which its drivers
+// turn into the endpoint's sslrootcert, sslcert and sslkey.
+func (t DatastoreTLS) kineArgs() []string {
+	var args []string
+	for flag, file := range map[string]string{"ca-file": t.CAFile, "cert-file": t.CertFile, "key-file": t.KeyFile} {
+		if file != "" {
+			args = append(args, "--"+flag+"="+file)
+		}
+	}
+	return args
 }
 
 func describeDatastore(cfg Config, ds *datastore.Datastore) {
