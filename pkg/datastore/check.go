@@ -6,6 +6,11 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"sync"
+
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/k3s-io/kine/pkg/query"
+	"github.com/k3s-io/kine/pkg/tls"
 
 	"github.com/harikube/harikube/pkg/index"
 	"github.com/harikube/harikube/pkg/selectorsql"
@@ -52,14 +57,51 @@ func CheckSQLite(ctx context.Context, path string) (*CheckReport, error) {
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
 	defer db.Close()
-	return check(ctx, db)
+	return check(ctx, checkDB{db: db, tables: "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('kine', ?)"})
 }
 
-func check(ctx context.Context, db *sql.DB) (*CheckReport, error) {
+// CheckPostgres is CheckSQLite for a postgres:// endpoint (with Kine's TLS
+// options). It holds the database's writer lock while it runs, so it
+// refuses to run while a server writes to the database.
+func CheckPostgres(ctx context.Context, endpoint string, t tls.Config) (*CheckReport, error) {
+	c, err := postgresConfig(endpoint, t)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	if err := holdWriterLock(ctx, &wg, c); err != nil {
+		return nil, fmt.Errorf("%w (the check needs the server stopped)", err)
+	}
+	db := stdlib.OpenDB(*c)
+	defer db.Close()
+	return check(ctx, checkDB{db: db, numbered: true,
+		tables: "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name IN ('kine', ?)"})
+}
+
+// checkDB is a database to check: its connection, whether its placeholders
+// are numbered ($1), and how to count the tables named kine and ?.
+type checkDB struct {
+	db       *sql.DB
+	numbered bool
+	tables   string
+}
+
+func (c checkDB) sql(q string) string {
+	if !c.numbered {
+		return q
+	}
+	return query.New(q, "$", true, "").Query
+}
+
+func check(ctx context.Context, c checkDB) (*CheckReport, error) {
+	db := c.db
 	r := &CheckReport{}
 	var tables int
-	if err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('kine', ?)", selectorsql.RowsTable).Scan(&tables); err != nil {
-		return nil, fmt.Errorf("read schema (is this a harikube SQLite database?): %w", err)
+	if err := db.QueryRowContext(ctx, c.sql(c.tables), selectorsql.RowsTable).Scan(&tables); err != nil {
+		return nil, fmt.Errorf("read schema (is this a harikube database?): %w", err)
 	}
 	if tables != 2 {
 		return nil, fmt.Errorf("no kine and index tables found: not a harikube database, or never started")
@@ -102,7 +144,7 @@ func check(ctx context.Context, db *sql.DB) (*CheckReport, error) {
 		if decoded.Int64 == 0 {
 			continue // stored as "may match"; nothing to compare
 		}
-		if err := checkEntry(ctx, db, r, id, key, value); err != nil {
+		if err := checkEntry(ctx, c, r, id, key, value); err != nil {
 			return nil, err
 		}
 	}
@@ -111,8 +153,8 @@ func check(ctx context.Context, db *sql.DB) (*CheckReport, error) {
 
 // checkEntry compares what any decoder can read from the value — labels,
 // name, namespace — with the index rows of revision id.
-func checkEntry(ctx context.Context, db *sql.DB, r *CheckReport, id int64, key string, value []byte) error {
-	idx, err := db.QueryContext(ctx, "SELECT kind, name, value FROM "+selectorsql.IndexTable+" WHERE id = ?", id)
+func checkEntry(ctx context.Context, c checkDB, r *CheckReport, id int64, key string, value []byte) error {
+	idx, err := c.db.QueryContext(ctx, c.sql("SELECT kind, name, value FROM "+selectorsql.IndexTable+" WHERE id = ?"), id)
 	if err != nil {
 		return fmt.Errorf("read index of revision %d: %w", id, err)
 	}
