@@ -6,8 +6,13 @@ package apiserver
 import (
 	"context"
 	"fmt"
+	"sync"
+	"time"
 
 	"github.com/spf13/pflag"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apiextensionsclient "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilerrors "k8s.io/apimachinery/pkg/util/errors"
 	"k8s.io/apiserver/pkg/registry/generic"
 	"k8s.io/client-go/rest"
@@ -22,8 +27,10 @@ import (
 // StorageWrapper replaces a REST options getter; harikube uses it to put its
 // selector-pushdown storage below the watch cache. customResources is true
 // for the getter of custom resources, whose requests carry no example object
-// to tell them apart.
-type StorageWrapper func(getter generic.RESTOptionsGetter, customResources bool) generic.RESTOptionsGetter
+// to tell them apart; crds reads a CustomResourceDefinition through the
+// server's loopback client (usable once the server serves, which is when
+// custom resource storage is built).
+type StorageWrapper func(getter generic.RESTOptionsGetter, customResources bool, crds func(ctx context.Context, name string) (*apiextensionsv1.CustomResourceDefinition, error)) generic.RESTOptionsGetter
 
 // Server is a kube-apiserver that is built and listening but not serving yet.
 type Server struct {
@@ -77,12 +84,13 @@ func New(ctx context.Context, args []string, wrap StorageWrapper) (*Server, erro
 		return nil, fmt.Errorf("kube-apiserver: %w", err)
 	}
 	if wrap != nil {
+		crds := crdGetter(cfg.ApiExtensions.GenericConfig.LoopbackClientConfig)
 		// Nothing reads these getters before CreateServerChain, so replacing
 		// them here reaches every store the chain builds.
-		cfg.KubeAPIs.ControlPlane.Generic.RESTOptionsGetter = wrap(cfg.KubeAPIs.ControlPlane.Generic.RESTOptionsGetter, false)
-		cfg.ApiExtensions.GenericConfig.RESTOptionsGetter = wrap(cfg.ApiExtensions.GenericConfig.RESTOptionsGetter, false)
-		cfg.ApiExtensions.ExtraConfig.CRDRESTOptionsGetter = wrap(cfg.ApiExtensions.ExtraConfig.CRDRESTOptionsGetter, true)
-		cfg.Aggregator.GenericConfig.RESTOptionsGetter = wrap(cfg.Aggregator.GenericConfig.RESTOptionsGetter, false)
+		cfg.KubeAPIs.ControlPlane.Generic.RESTOptionsGetter = wrap(cfg.KubeAPIs.ControlPlane.Generic.RESTOptionsGetter, false, crds)
+		cfg.ApiExtensions.GenericConfig.RESTOptionsGetter = wrap(cfg.ApiExtensions.GenericConfig.RESTOptionsGetter, false, crds)
+		cfg.ApiExtensions.ExtraConfig.CRDRESTOptionsGetter = wrap(cfg.ApiExtensions.ExtraConfig.CRDRESTOptionsGetter, true, crds)
+		cfg.Aggregator.GenericConfig.RESTOptionsGetter = wrap(cfg.Aggregator.GenericConfig.RESTOptionsGetter, false, crds)
 	}
 	cc, err := cfg.Complete()
 	if err != nil {
@@ -98,6 +106,29 @@ func New(ctx context.Context, args []string, wrap StorageWrapper) (*Server, erro
 	}
 	return &Server{run: prepared.Run}, nil
 }
+
+// crdGetter reads CustomResourceDefinitions with the loopback client.
+func crdGetter(loopback *rest.Config) func(ctx context.Context, name string) (*apiextensionsv1.CustomResourceDefinition, error) {
+	client := sync.OnceValues(func() (apiextensionsclient.Interface, error) {
+		if loopback == nil {
+			return nil, fmt.Errorf("no loopback client configuration")
+		}
+		return apiextensionsclient.NewForConfig(loopback)
+	})
+	return func(ctx context.Context, name string) (*apiextensionsv1.CustomResourceDefinition, error) {
+		c, err := client()
+		if err != nil {
+			return nil, fmt.Errorf("read CustomResourceDefinition %s: %w", name, err)
+		}
+		ctx, cancel := context.WithTimeout(ctx, crdReadTimeout)
+		defer cancel()
+		return c.ApiextensionsV1().CustomResourceDefinitions().Get(ctx, name, metav1.GetOptions{})
+	}
+}
+
+// crdReadTimeout bounds the read of a definition while a custom resource's
+// storage is built (its requests wait for it).
+const crdReadTimeout = 10 * time.Second
 
 // Run serves until ctx is done, then shuts down gracefully.
 func (s *Server) Run(ctx context.Context) error { return s.run(ctx) }

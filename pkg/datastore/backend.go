@@ -51,6 +51,7 @@ func (b *backend) CurrentRevision(ctx context.Context) (int64, error) {
 // the error of the first append: a create that failed in the database (a
 // full disk) was answered as a success.
 func (b *backend) Create(ctx context.Context, key string, value []byte, lease int64) (int64, error) {
+	ctx = b.extract(ctx, key, value)
 	event := &server.Event{
 		Create: true,
 		KV:     &server.KeyValue{Key: key, Value: value, Lease: lease},
@@ -80,6 +81,19 @@ func (b *backend) Create(ctx context.Context, key string, value []byte, lease in
 		return 0, err
 	}
 	return b.currentRevision(ctx, 0), server.ErrKeyExists
+}
+
+// Update is kine's, with the value's index entry extracted before the write
+// waits for the database.
+func (b *backend) Update(ctx context.Context, key string, value []byte, revision, lease int64) (int64, *server.KeyValue, bool, error) {
+	return b.Backend.Update(b.extract(ctx, key, value), key, value, revision, lease)
+}
+
+// extract computes the index entry of a value about to be written, outside
+// the write gate: decoding (for a custom resource stored in another version,
+// a conversion webhook) then delays this write only.
+func (b *backend) extract(ctx context.Context, key string, value []byte) context.Context {
+	return withExtracted(ctx, key, value, b.idx.registry.Extract(key, value))
 }
 
 // currentRevision is rev, or the log's current revision when rev is 0, as

@@ -242,7 +242,7 @@ func newSQLite(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Config) (bo
 	if err != nil {
 		return false, nil, err
 	}
-	b, err := newIndexedBackend(ctx, wg, cfg, g, registry, database{schema: selectorsql.SQLiteSchema(), param: "?", singleWriter: true})
+	b, err := newIndexedBackend(ctx, wg, cfg, g, registry, database{schema: selectorsql.SQLiteSchema(), param: "?"})
 	return false, b, err
 }
 
@@ -252,23 +252,25 @@ type database struct {
 	// param is the placeholder prefix; numbered databases take $1, $2, ….
 	param    string
 	numbered bool
-	// singleWriter databases (SQLite) commit one transaction at a time.
-	singleWriter bool
 }
 
 // newIndexedBackend puts the index beside kine's tables of an opened
 // database and returns the backend kine's gRPC server will serve.
 func newIndexedBackend(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Config, g *generic.Generic, registry *index.Registry, db database) (server.Backend, error) {
-	schema := append(db.schema, "CREATE TABLE IF NOT EXISTS "+coverageTable+" (prefix TEXT PRIMARY KEY, fields TEXT NOT NULL)")
-	for _, stmt := range schema {
+	for _, stmt := range append(db.schema, coverageSchema) {
 		if _, err := g.DB.ExecContext(ctx, stmt); err != nil {
 			return nil, fmt.Errorf("create index schema: %w", err)
 		}
 	}
-	var gate writeGate
-	if db.singleWriter {
-		gate = newWriteGate()
+	if err := migrateCoverage(ctx, g.DB); err != nil {
+		return nil, fmt.Errorf("create index schema: %w", err)
 	}
+	// Writes commit one at a time, in revision order. SQLite has one writer
+	// anyway; on PostgreSQL a revision committed after a higher one is lost
+	// to a watch that started in between (kine starts a watch after the
+	// highest revision committed), which a gate per database prevents now
+	// that one harikube owns each database.
+	gate := newWriteGate()
 	idx := newIndexer(registry, g.DB, gate, db.param, db.numbered)
 	if err := idx.loadCoverage(ctx); err != nil {
 		return nil, err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"sync"
 	"sync/atomic"
 
 	"github.com/k3s-io/kine/pkg/drivers/generic"
@@ -78,6 +79,10 @@ func selectionTerms(s selection.Selection) int {
 }
 
 func (d *dialect) request(key, end string, limit, revision int64, includeDeleted, keysOnly bool, s selection.Selection) selectorsql.Request {
+	fieldIndexed, labels := d.idx.coverageFor(key)
+	if !labels {
+		s.Labels = nil
+	}
 	return selectorsql.Request{
 		Range:          selectorsql.Range{Start: key, End: end},
 		Revision:       revision,
@@ -85,7 +90,7 @@ func (d *dialect) request(key, end string, limit, revision int64, includeDeleted
 		IncludeDeleted: includeDeleted,
 		KeysOnly:       keysOnly,
 		Selection:      s,
-		FieldIndexed:   d.idx.fieldIndexed(key),
+		FieldIndexed:   fieldIndexed,
 		// Every insert indexes its row in its own transaction, and rows
 		// from before the index are backfilled before the server starts.
 		AllRowsIndexed: true,
@@ -148,10 +153,15 @@ func (d *dialect) BeginTx(ctx context.Context, opts *sql.TxOptions) (server.Tran
 	if opts == nil {
 		opts = &sql.TxOptions{Isolation: sql.LevelRepeatableRead}
 	}
-	release, err := d.gate.enter(ctx)
+	leave, err := d.gate.enter(ctx)
 	if err != nil {
 		return nil, err
 	}
+	d.idx.defs.RLock()
+	release := sync.OnceFunc(func() {
+		d.idx.defs.RUnlock()
+		leave()
+	})
 	x, err := d.DB.BeginTx(ctx, opts)
 	if err != nil {
 		release()

@@ -1,6 +1,7 @@
 package datastore
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -8,6 +9,8 @@ import (
 
 	"github.com/k3s-io/kine/pkg/server"
 	"github.com/sirupsen/logrus"
+
+	"github.com/harikube/harikube/pkg/index"
 )
 
 // tx mirrors kine's generic transaction, whose fields are unexported, and
@@ -17,7 +20,8 @@ type tx struct {
 	d *dialect
 	// inserted is the highest revision this transaction inserted.
 	inserted int64
-	// release lets the next writer through the dialect's gate.
+	// release lets the next writer through the dialect's gate and ends the
+	// transaction's hold on the indexer's registrations.
 	release func()
 }
 
@@ -120,10 +124,42 @@ func (t *tx) Insert(ctx context.Context, key string, created, deleted bool, prev
 		// Tombstones are never returned by a filtered read.
 		return id, nil
 	}
-	if err := t.d.idx.write(ctx, t.x, id, key, value); err != nil {
+	entry, ok := extractedEntry(ctx, key, value)
+	if !ok {
+		entry = t.d.idx.registry.Extract(key, value)
+	}
+	if !t.d.idx.accepted(entry) {
+		// Extracted under a definition the index no longer takes: a
+		// candidate for every read until the re-index extracts it again.
+		entry = index.Entry{}
+	}
+	if err := t.d.idx.writeEntry(ctx, t.x, id, key, entry); err != nil {
 		return 0, err
 	}
 	return id, nil
+}
+
+type extractedKey struct{}
+
+type extracted struct {
+	key   string
+	value []byte
+	entry index.Entry
+}
+
+// withExtracted carries the index entry of a value to the transaction that
+// writes it, so a write extracts (decodes, perhaps converts) before it waits
+// for the write gate rather than while holding it.
+func withExtracted(ctx context.Context, key string, value []byte, entry index.Entry) context.Context {
+	return context.WithValue(ctx, extractedKey{}, extracted{key: key, value: value, entry: entry})
+}
+
+func extractedEntry(ctx context.Context, key string, value []byte) (index.Entry, bool) {
+	e, ok := ctx.Value(extractedKey{}).(extracted)
+	if !ok || e.key != key || !bytes.Equal(e.value, value) {
+		return index.Entry{}, false
+	}
+	return e.entry, true
 }
 
 // insertReturning runs the insert on databases whose ids come from a

@@ -5,14 +5,15 @@ import (
 	"sync"
 )
 
-// writeGate admits one writer at a time to a database that has a single
-// writer (SQLite). Left to itself, a SQLite transaction that finds the write
+// writeGate admits one writer at a time. On SQLite, which has a single
+// writer, left to itself a SQLite transaction that finds the write
 // lock taken sleeps in the busy handler for 1, 2, 5, 10… ms and tries again:
 // under concurrent writes most of the time goes to sleeping, and a writer
 // that keeps losing the race (a reindex next to a stream of creates) can
 // time out. Waiting here hands the lock over the moment it is free, in
-// arrival order. Every write of this process goes through the gate; a nil
-// gate admits everyone (PostgreSQL).
+// arrival order. On PostgreSQL it keeps commits in revision order (see
+// newIndexedBackend). Every write of this process goes through the gate; a
+// nil gate admits everyone.
 type writeGate chan struct{}
 
 func newWriteGate() writeGate { return make(writeGate, 1) }

@@ -42,6 +42,23 @@ type Resource struct {
 	// missing from one object's set are indexed as "", which is how
 	// upstream reads a missing field.
 	Fields []string
+	// Definition names what Extract computes (the resource's schema,
+	// defaults, selectable fields, storage version, conversion and the
+	// Kubernetes version): values indexed under another definition are not
+	// trusted until they are extracted again. "" is never trusted.
+	Definition string
+	// Mutable marks resources whose definition can change while the server
+	// runs (custom resources): each new registration re-indexes, since the
+	// definition it names is read beside the storage that registers, not
+	// from it.
+	Mutable bool
+	// LabelsConverted marks resources whose stored objects may reach Extract
+	// through a conversion webhook, which may change labels: while such a
+	// resource is re-indexed its labels are not filtered in SQL either.
+	LabelsConverted bool
+	// Generation is set by Register: it tells extractions by this
+	// registration from those of the registrations before it.
+	Generation int64
 }
 
 // Entry is what the index keeps for one stored value.
@@ -49,14 +66,19 @@ type Entry struct {
 	Decoded bool
 	Labels  map[string]string
 	Fields  map[string]string
+	// Prefix and Generation identify the registration that extracted the
+	// entry ("" and 0 for the generic decoder).
+	Prefix     string
+	Generation int64
 }
 
 // Registry maps key prefixes to extractors. It is safe for concurrent use.
 type Registry struct {
-	mu        sync.RWMutex
-	resources map[string]Resource
-	prefixes  []string // longest first
-	watchers  []func(Resource)
+	mu         sync.RWMutex
+	resources  map[string]Resource
+	prefixes   []string // longest first
+	watchers   []func(Resource)
+	generation int64
 }
 
 // NewRegistry returns an empty registry.
@@ -68,6 +90,8 @@ func NewRegistry() *Registry {
 func (r *Registry) Register(res Resource) {
 	res.Fields = normalizeFields(res.Fields)
 	r.mu.Lock()
+	r.generation++
+	res.Generation = r.generation
 	if _, ok := r.resources[res.Prefix]; !ok {
 		r.prefixes = append(r.prefixes, res.Prefix)
 		sort.Slice(r.prefixes, func(i, j int) bool { return len(r.prefixes[i]) > len(r.prefixes[j]) })
@@ -114,24 +138,26 @@ func (r *Registry) Lookup(key string) (Resource, bool) {
 // fails: a value it cannot decode gives an entry with Decoded false.
 func (r *Registry) Extract(key string, value []byte) Entry {
 	if res, ok := r.Lookup(key); ok {
-		return extractWith(res, value)
+		return res.Entry(value)
 	}
 	return extractGeneric(value)
 }
 
-func extractWith(res Resource, value []byte) (entry Entry) {
+// Entry computes the index entry of value with this registration's
+// extractor; like Registry.Extract it never fails.
+func (res Resource) Entry(value []byte) (entry Entry) {
 	defer func() {
 		// An extractor is upstream code run on arbitrary bytes; a panic
 		// must cost the index entry, never the write.
 		if recover() != nil {
-			entry = Entry{}
+			entry = Entry{Prefix: res.Prefix, Generation: res.Generation}
 		}
 	}()
 	ls, fs, err := res.Extract(value)
 	if err != nil {
-		return Entry{}
+		return Entry{Prefix: res.Prefix, Generation: res.Generation}
 	}
-	entry = Entry{Decoded: true, Labels: map[string]string(ls), Fields: map[string]string{}}
+	entry = Entry{Decoded: true, Labels: map[string]string(ls), Fields: map[string]string{}, Prefix: res.Prefix, Generation: res.Generation}
 	for _, f := range res.Fields {
 		entry.Fields[f] = fs[f]
 	}

@@ -154,9 +154,10 @@ func newFixture(t *testing.T, endpoint string, kineArgs ...string) *fixture {
 	registry := index.NewRegistry()
 	extractCodec := apitesting.TestCodec(codecs, examplev1.SchemeGroupVersion)
 	registry.Register(index.Resource{
-		Name:   "pods",
-		Prefix: "/pods/",
-		Fields: []string{"metadata.name", "metadata.namespace", "spec.nodeName"},
+		Name:       "pods",
+		Prefix:     "/pods/",
+		Fields:     []string{"metadata.name", "metadata.namespace", "spec.nodeName"},
+		Definition: "conformance",
 		Extract: func(v []byte) (labels.Set, fields.Set, error) {
 			obj := &example.Pod{}
 			if err := runtime.DecodeInto(extractCodec, bytes.TrimPrefix(v, []byte(valuePrefix)), obj); err != nil {

@@ -9,11 +9,15 @@ package pushdown
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"path"
 	"reflect"
 	"sort"
 	"sync"
 
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
@@ -27,6 +31,7 @@ import (
 	"k8s.io/apiserver/pkg/storage/storagebackend"
 	"k8s.io/apiserver/pkg/storage/storagebackend/factory"
 	"k8s.io/client-go/tools/cache"
+	utilversion "k8s.io/component-base/version"
 	"k8s.io/klog/v2"
 
 	"github.com/harikube/harikube/pkg/index"
@@ -50,11 +55,15 @@ type Options struct {
 	Registry *index.Registry
 }
 
+// CRDGetter reads a CustomResourceDefinition by name.
+type CRDGetter = func(ctx context.Context, name string) (*apiextensionsv1.CustomResourceDefinition, error)
+
 // Wrapper returns the function that wraps the apiserver's REST options
-// getters; customResources marks the getter of custom resources.
-func Wrapper(opts Options) func(inner generic.RESTOptionsGetter, customResources bool) generic.RESTOptionsGetter {
-	return func(inner generic.RESTOptionsGetter, customResources bool) generic.RESTOptionsGetter {
-		return &getter{inner: inner, opts: opts, customResources: customResources}
+// getters; customResources marks the getter of custom resources, and crds
+// reads their definitions.
+func Wrapper(opts Options) func(inner generic.RESTOptionsGetter, customResources bool, crds CRDGetter) generic.RESTOptionsGetter {
+	return func(inner generic.RESTOptionsGetter, customResources bool, crds CRDGetter) generic.RESTOptionsGetter {
+		return &getter{inner: inner, opts: opts, customResources: customResources, crds: crds}
 	}
 }
 
@@ -62,6 +71,7 @@ type getter struct {
 	inner           generic.RESTOptionsGetter
 	opts            Options
 	customResources bool
+	crds            CRDGetter
 }
 
 var undecorated = reflect.ValueOf(generic.UndecoratedStorage).Pointer()
@@ -102,12 +112,16 @@ func (g *getter) decorator(cached bool) generic.StorageDecorator {
 			return raw, destroy, err
 		}
 		name := config.GroupResource.String()
-		if g.opts.Registry != nil && getAttrs != nil {
-			g.opts.Registry.Register(resourceIndex(name, config, resourcePrefix, newFunc, getAttrs))
+		res, trust := resourceIndex(name, config, resourcePrefix, newFunc, getAttrs), trustAll
+		if g.customResources {
+			res, trust = g.customResourceIndex(res, newFunc)
+		}
+		if g.opts.Registry != nil && getAttrs != nil && res.Definition != "" {
+			g.opts.Registry.Register(res)
 		}
 		var s = raw
 		if g.opts.Pushdown {
-			s = &selectorStorage{Interface: raw, resource: name}
+			s = &selectorStorage{Interface: raw, resource: name, trust: trust}
 		}
 		if !cached {
 			return s, destroy, nil
@@ -144,6 +158,87 @@ func (g *getter) decorator(cached bool) generic.StorageDecorator {
 	}
 }
 
+// trust says which requirements of a request the index can answer for the
+// version a store serves.
+type trust int
+
+const (
+	trustAll    trust = iota
+	trustLabels       // labels, metadata.name and metadata.namespace
+	trustNames        // metadata.name and metadata.namespace only
+)
+
+// customResourceIndex indexes a custom resource in its storage version only,
+// whichever version's storage is built last, under a definition derived from
+// the CRD. A store of another version gets values that may be defaulted,
+// pruned or (through a webhook) converted differently: its field selectors,
+// and with a webhook its label selectors, are left to the apiserver. When the
+// definition cannot be read, nothing is registered and only names are pushed.
+func (g *getter) customResourceIndex(res index.Resource, newFunc func() runtime.Object) (index.Resource, trust) {
+	res.Definition = ""
+	if g.crds == nil {
+		return res, trustNames
+	}
+	crd, err := g.crds(context.Background(), res.Name)
+	if err != nil {
+		klog.InfoS("Selectors of this custom resource are filtered in the apiserver until its storage is built again", "resource", res.Name, "err", err)
+		return res, trustNames
+	}
+	webhook := crd.Spec.Conversion != nil && crd.Spec.Conversion.Strategy == apiextensionsv1.WebhookConverter
+	version := newFunc().GetObjectKind().GroupVersionKind().Version
+	if version != storageVersion(crd) {
+		if webhook {
+			return res, trustNames
+		}
+		return res, trustLabels
+	}
+	res.Definition = crdDefinition(crd, version)
+	res.Mutable = true
+	res.LabelsConverted = webhook
+	return res, trustAll
+}
+
+func storageVersion(crd *apiextensionsv1.CustomResourceDefinition) string {
+	for _, v := range crd.Spec.Versions {
+		if v.Storage {
+			return v.Name
+		}
+	}
+	return ""
+}
+
+// definitionScheme changes when harikube changes what it extracts, so that
+// values indexed by an older harikube are extracted again.
+const definitionScheme = "1"
+
+// crdDefinition names everything of a CRD that what its storage version's
+// extractor computes depends on: the version's schema (defaults, pruning),
+// its selectable fields, unknown-field handling and conversion, and the
+// Kubernetes version whose code applies them.
+func crdDefinition(crd *apiextensionsv1.CustomResourceDefinition, version string) string {
+	var v apiextensionsv1.CustomResourceDefinitionVersion
+	for _, cand := range crd.Spec.Versions {
+		if cand.Name == version {
+			v = cand
+		}
+	}
+	h := sha256.New()
+	_ = json.NewEncoder(h).Encode(struct {
+		Scheme, Kubernetes, Version string
+		Schema                      *apiextensionsv1.CustomResourceValidation
+		SelectableFields            []apiextensionsv1.SelectableField
+		PreserveUnknownFields       bool
+		Conversion                  *apiextensionsv1.CustomResourceConversion
+	}{definitionScheme, utilversion.Get().GitVersion, v.Name, v.Schema, v.SelectableFields, crd.Spec.PreserveUnknownFields, crd.Spec.Conversion})
+	return "crd/" + hex.EncodeToString(h.Sum(nil))
+}
+
+// builtinDefinition is the definition of every built-in resource: its code
+// is the binary's.
+func builtinDefinition() string {
+	return "builtin/" + definitionScheme + "/" + utilversion.Get().GitVersion
+}
+
 // resourceIndex builds the extractor the datastore indexes this resource's
 // values with: the resource's storage codec and its own attribute function,
 // so indexed fields are exactly the fields its selectors can name.
@@ -157,6 +252,9 @@ func resourceIndex(name string, config *storagebackend.ConfigForResource, resour
 		return getAttrs(obj)
 	}
 	var names []string
+	if getAttrs == nil {
+		return index.Resource{Name: name}
+	}
 	if _, fs, err := getAttrs(newFunc()); err == nil {
 		for f := range fs {
 			names = append(names, f)
@@ -166,7 +264,7 @@ func resourceIndex(name string, config *storagebackend.ConfigForResource, resour
 		klog.V(2).InfoS("Field selectors will be filtered in the apiserver only", "resource", name, "err", err)
 	}
 	prefix := path.Join("/", config.Prefix, resourcePrefix) + "/"
-	return index.Resource{Name: name, Prefix: prefix, Extract: extract, Fields: names}
+	return index.Resource{Name: name, Prefix: prefix, Extract: extract, Fields: names, Definition: builtinDefinition()}
 }
 
 // selectorStorage is the etcd3 store with selectors sent along on the two
@@ -174,10 +272,23 @@ func resourceIndex(name string, config *storagebackend.ConfigForResource, resour
 type selectorStorage struct {
 	storage.Interface
 	resource string
+	trust    trust
 }
 
 func (s *selectorStorage) withSelection(ctx context.Context, p storage.SelectionPredicate, verb string) (context.Context, bool) {
 	sel := selection.FromSelectors(p.Label, p.Field)
+	if s.trust != trustAll {
+		fs := sel.Fields[:0:0]
+		for _, r := range sel.Fields {
+			if r.Key == index.FieldName || r.Key == index.FieldNamespace {
+				fs = append(fs, r)
+			}
+		}
+		sel.Fields = fs
+	}
+	if s.trust == trustNames {
+		sel.Labels = nil
+	}
 	if sel.Empty() {
 		return ctx, false
 	}
