@@ -114,6 +114,9 @@ func newPostgres(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Config) (
 		}
 		return startKey
 	}
+	if err := checkServerVersion(ctx, g.DB, connConfig.Database); err != nil {
+		return false, nil, err
+	}
 	for _, stmt := range postgresKineSchema {
 		if _, err := g.DB.ExecContext(ctx, stmt); err != nil {
 			return false, nil, fmt.Errorf("create kine schema: %w", err)
@@ -244,6 +247,29 @@ func watchWriterLock(ctx context.Context, conn *pgx.Conn, database string) {
 			return
 		}
 	}
+}
+
+// minServerVersion is the oldest PostgreSQL the schema and queries run on:
+// CREATE OR REPLACE TRIGGER is new in 14 (MATERIALIZED CTEs and
+// plan_cache_mode in 12).
+const minServerVersion = 140000
+
+// checkServerVersion refuses servers older than minServerVersion with a
+// message saying so, instead of a syntax error half-way through the schema.
+func checkServerVersion(ctx context.Context, db *sql.DB, database string) error {
+	var num int
+	var version string
+	if err := db.QueryRowContext(ctx, "SELECT current_setting('server_version_num')::int, current_setting('server_version')").Scan(&num, &version); err != nil {
+		return fmt.Errorf("read the PostgreSQL version of database %q: %w", database, err)
+	}
+	return versionSupported(num, version)
+}
+
+func versionSupported(num int, version string) error {
+	if num < minServerVersion {
+		return fmt.Errorf("PostgreSQL %s is not supported: harikube needs PostgreSQL 14 or newer", version)
+	}
+	return nil
 }
 
 // createDatabase creates the configured database when it does not exist,

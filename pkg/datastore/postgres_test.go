@@ -48,3 +48,21 @@ func TestSecondWriterIsRefused(t *testing.T) {
 		t.Fatalf("after the first server stopped: %v, %v", resp, err)
 	}
 }
+
+// Servers older than PostgreSQL 14 are refused by name; the one installed
+// here passes (every PostgreSQL test starts through the same check).
+func TestPostgresVersionSupported(t *testing.T) {
+	for _, c := range []struct {
+		num     int
+		version string
+		ok      bool
+	}{{130016, "13.16", false}, {140000, "14.0", true}, {150018, "15.18 (Debian 15.18-0+deb12u1)", true}, {170002, "17.2", true}} {
+		err := versionSupported(c.num, c.version)
+		if (err == nil) != c.ok {
+			t.Errorf("%s: %v", c.version, err)
+		}
+		if err != nil && !strings.Contains(err.Error(), "PostgreSQL "+c.version+" is not supported: harikube needs PostgreSQL 14 or newer") {
+			t.Errorf("%s: unclear error %v", c.version, err)
+		}
+	}
+}
