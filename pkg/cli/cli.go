@@ -45,7 +45,7 @@ func newRootCommand() *cobra.Command {
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())
 	})
-	root.AddCommand(newServerCommand(), newKubectlCommand(), newVersionCommand(), newDatastoreCommand(), newBenchCommand())
+	root.AddCommand(newServerCommand(), newKubectlCommand(), newVersionCommand(), newDatastoreCommand(), newSnapshotCommand(), newBenchCommand())
 	root.AddCommand(newComponentCommands()...)
 	return root
 }

@@ -56,6 +56,8 @@ type Config struct {
 	// PKIDir, when set, is an existing PKI directory in vCluster's /data/pki
 	// layout (pkg/vcluster), used instead of generating one under DataDir.
 	PKIDir string
+	// Snapshots are taken on a schedule when Snapshots.Cron is set.
+	Snapshots SnapshotSchedule
 	// VCluster runs harikube as a vCluster's control plane: the controller
 	// manager runs vCluster's controller set, and an empty ServiceCIDR is
 	// the one vCluster detected for the host cluster.
@@ -163,6 +165,9 @@ func Run(ctx context.Context, cfg Config) error {
 	defer ds.Wait()
 	defer stopDatastore()
 	describeDatastore(cfg, ds)
+	if err := startSnapshots(ctx, cfg, ds); err != nil {
+		return err
+	}
 
 	apiCtx, stopAPI := context.WithCancel(context.Background())
 	defer stopAPI()
