@@ -16,6 +16,8 @@ import (
 // package/vcluster-values.yaml: its config secret decodes to a vCluster
 // config naming the harikube image, with the same distro settings as the
 // values file, and the init container copies /kubernetes/. from that image.
+// It holds no Namespace (removing the manifest must not delete the PVC) and
+// the StatefulSet keeps its PVC when deleted.
 func TestManifest(t *testing.T) {
 	root := repoRoot(t)
 	manifest, err := os.ReadFile(filepath.Join(root, "package", "vcluster-kine-sqlite.yaml"))
@@ -30,7 +32,7 @@ func TestManifest(t *testing.T) {
 
 	kinds := map[string]bool{}
 	var config []byte
-	var initImage string
+	var initImage, retention string
 	var initCommand []string
 	for _, doc := range bytes.Split(manifest, []byte("\n---")) {
 		var obj struct {
@@ -41,6 +43,9 @@ func TestManifest(t *testing.T) {
 			} `json:"metadata"`
 			Data map[string]string `json:"data"`
 			Spec struct {
+				PersistentVolumeClaimRetentionPolicy struct {
+					WhenDeleted string `json:"whenDeleted"`
+				} `json:"persistentVolumeClaimRetentionPolicy"`
 				Template struct {
 					Spec struct {
 						InitContainers []struct {
@@ -60,6 +65,9 @@ func TestManifest(t *testing.T) {
 			continue
 		}
 		kinds[obj.Kind+"/"+obj.Metadata.Name] = true
+		if obj.Kind == "Namespace" {
+			t.Errorf("manifest holds Namespace/%s: `kubectl delete -f` would delete it and the database's PVC in it", obj.Metadata.Name)
+		}
 		if obj.Kind != "Namespace" && !strings.HasPrefix(obj.Kind, "Cluster") && obj.Metadata.Namespace != "kine" {
 			t.Errorf("%s/%s is in namespace %q, want kine", obj.Kind, obj.Metadata.Name, obj.Metadata.Namespace)
 		}
@@ -69,6 +77,7 @@ func TestManifest(t *testing.T) {
 			}
 		}
 		if obj.Kind == "StatefulSet" {
+			retention = obj.Spec.PersistentVolumeClaimRetentionPolicy.WhenDeleted
 			for _, c := range obj.Spec.Template.Spec.InitContainers {
 				if c.Name == "kubernetes" {
 					initImage = c.Image
@@ -77,7 +86,10 @@ func TestManifest(t *testing.T) {
 			}
 		}
 	}
-	for _, k := range []string{"Namespace/kine", "ServiceAccount/vc-kine", "Secret/vc-config-kine", "Role/vc-kine", "RoleBinding/vc-kine",
+	if retention != "Retain" {
+		t.Errorf("StatefulSet persistentVolumeClaimRetentionPolicy.whenDeleted = %q, want Retain (the PVC with the database outlives the StatefulSet)", retention)
+	}
+	for _, k := range []string{"ServiceAccount/vc-kine", "Secret/vc-config-kine", "Role/vc-kine", "RoleBinding/vc-kine",
 		"Service/kine", "Service/kine-headless", "StatefulSet/kine"} {
 		if !kinds[k] {
 			t.Errorf("manifest has no %s (has %v)", k, kinds)
