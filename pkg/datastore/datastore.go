@@ -95,6 +95,11 @@ func Start(ctx context.Context, opts Options) (*Datastore, error) {
 	if cfg.Listener == "" {
 		cfg.Listener = "unix://" + SocketPath(opts.DataDir)
 	}
+	if path, ok := strings.CutPrefix(cfg.Listener, "unix://"); ok {
+		if err := checkSocketPath(path); err != nil {
+			return nil, err
+		}
+	}
 	ds := &Datastore{wg: wg}
 
 	ep := opts.Endpoint

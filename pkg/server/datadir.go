@@ -6,17 +6,24 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/harikube/harikube/pkg/datastore"
 )
 
 // prepareDataDir creates the data directory (0700) and proves it writable.
 func prepareDataDir(dir string) error {
 	if dir == "" {
 		return errors.New("no data directory: set --data-dir")
+	}
+	if sock := datastore.SocketPath(dir); len(sock) > datastore.MaxSocketPath() {
+		return fmt.Errorf("data directory %s is too long: its socket %s would be %d bytes, and %s allows at most %d for a unix socket path; choose a shorter --data-dir%s",
+			dir, sock, len(sock), runtime.GOOS, datastore.MaxSocketPath(), suggestShorter(dir))
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("data directory %s cannot be created: %w; choose another --data-dir", dir, err)
@@ -28,6 +35,22 @@ func prepareDataDir(dir string) error {
 	}
 	probe.Close()
 	return os.Remove(probe.Name())
+}
+
+// suggestShorter names a data directory whose socket path fits, if it finds
+// one: the home directory's .harikube, else one in the temp directory.
+func suggestShorter(dir string) string {
+	var candidates []string
+	if home, err := os.UserHomeDir(); err == nil {
+		candidates = append(candidates, filepath.Join(home, ".harikube"))
+	}
+	candidates = append(candidates, filepath.Join(os.TempDir(), "harikube-"+strconv.Itoa(os.Getuid())))
+	for _, c := range candidates {
+		if c != dir && len(datastore.SocketPath(c)) <= datastore.MaxSocketPath() {
+			return ", such as " + c
+		}
+	}
+	return ""
 }
 
 // warnIfShared warns, as etcd does, about a data directory that existed with

@@ -8,6 +8,8 @@ import (
 
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
+
+	"github.com/harikube/harikube/pkg/datastore"
 )
 
 func TestPrepareDataDir(t *testing.T) {
@@ -48,5 +50,24 @@ func TestPrepareDataDir(t *testing.T) {
 		if err := prepareDataDir(readOnly); err == nil || !strings.Contains(err.Error(), "is not writable") {
 			t.Errorf("read-only data directory: %v, want 'is not writable'", err)
 		}
+	}
+}
+
+func TestPrepareDataDirSocketPath(t *testing.T) {
+	base := t.TempDir()
+	// <dir>/kine.sock is exactly the longest unix socket path of this OS.
+	fits := filepath.Join(base, strings.Repeat("d", datastore.MaxSocketPath()-len("/kine.sock")-len(base)-1))
+	if err := prepareDataDir(fits); err != nil {
+		t.Errorf("data directory whose socket path is %d bytes: %v", len(datastore.SocketPath(fits)), err)
+	}
+
+	tooLong := fits + "d"
+	err := prepareDataDir(tooLong)
+	if err == nil || !strings.Contains(err.Error(), "data directory "+tooLong+" is too long") ||
+		!strings.Contains(err.Error(), "choose a shorter --data-dir, such as ") {
+		t.Errorf("data directory one byte too long: %v, want an error naming it and a shorter place", err)
+	}
+	if _, err := os.Stat(tooLong); !os.IsNotExist(err) {
+		t.Errorf("the refused data directory was created: %v", err)
 	}
 }
