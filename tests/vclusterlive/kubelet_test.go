@@ -187,7 +187,21 @@ func runSyncer(t *testing.T, host kubernetes.Interface, hostPort int, hostCA []b
 		volumes[v.Name] = v
 	}
 
-	// Volumes, as the kubelet prepares them.
+	// The service-account token the projected volume holds, bound to the pod.
+	tr, err := host.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx, pod.Spec.ServiceAccountName, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{
+			ExpirationSeconds: ptr.To[int64](3600),
+			BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("token for service account %s: %v", pod.Spec.ServiceAccountName, err)
+	}
+	projected := map[string][]byte{"token": []byte(tr.Status.Token), "ca.crt": hostCA, "namespace": []byte(pod.Namespace)}
+
+	// Volumes, as the kubelet prepares them; a restarted container finds
+	// them as they were, and init containers ran only before the first.
+	firstRun := len(vols.dirs) == 0
 	for _, m := range container.VolumeMounts {
 		dir, ok := vols.dirs[m.Name]
 		if !ok {
@@ -198,6 +212,14 @@ func runSyncer(t *testing.T, host kubernetes.Interface, hostPort int, hostCA []b
 			vols.dirs[m.Name] = dir
 		}
 		v, isVolume := volumes[m.Name]
+		if isVolume && v.Projected != nil {
+			// kube-api-access-*: what the ServiceAccount admission adds.
+			for name, data := range projected {
+				if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
 		if isVolume && v.Secret != nil {
 			secret, err := host.CoreV1().Secrets(pod.Namespace).Get(ctx, v.Secret.SecretName, metav1.GetOptions{})
 			if err != nil {
@@ -212,6 +234,9 @@ func runSyncer(t *testing.T, host kubernetes.Interface, hostPort int, hostCA []b
 	}
 	// The init container "kubernetes": the image's own cp into /binaries.
 	for _, ic := range pod.Spec.InitContainers {
+		if !firstRun {
+			break
+		}
 		if strings.Join(append(ic.Command, ic.Args...), " ") != "cp -r /kubernetes/. /binaries/" {
 			t.Fatalf("init container %s runs %q, want cp -r /kubernetes/. /binaries/", ic.Name, append(ic.Command, ic.Args...))
 		}
@@ -219,26 +244,6 @@ func runSyncer(t *testing.T, host kubernetes.Interface, hostPort int, hostCA []b
 			t.Fatal(err)
 		}
 	}
-	// The projected service-account token, bound to the pod.
-	saDir := filepath.Join(t.TempDir(), "serviceaccount")
-	if err := os.MkdirAll(saDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	tr, err := host.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx, pod.Spec.ServiceAccountName, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{
-			ExpirationSeconds: ptr.To[int64](3600),
-			BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
-		},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("token for service account %s: %v", pod.Spec.ServiceAccountName, err)
-	}
-	for name, data := range map[string][]byte{"token": []byte(tr.Status.Token), "ca.crt": hostCA, "namespace": []byte(pod.Namespace)} {
-		if err := os.WriteFile(filepath.Join(saDir, name), data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-
 	// The container's root: the syncer image's files, /etc, and mount points.
 	root := filepath.Join(t.TempDir(), "root")
 	for _, d := range []string{"dev", "proc", "etc", "root", "usr/local/bin"} {
@@ -260,7 +265,6 @@ func runSyncer(t *testing.T, host kubernetes.Interface, hostPort int, hostCA []b
 	binds := [][2]string{
 		{filepath.Join(syncerDir, "vcluster"), "/vcluster"},
 		{filepath.Join(syncerDir, "kine"), "/usr/local/bin/kine"},
-		{saDir, "/var/run/secrets/kubernetes.io/serviceaccount"},
 	}
 	for _, m := range container.VolumeMounts {
 		binds = append(binds, [2]string{vols.dirs[m.Name], m.MountPath})

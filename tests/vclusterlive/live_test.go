@@ -17,8 +17,14 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apiextensionsclient "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -184,6 +190,12 @@ func runLive(t *testing.T, syncerDir, hostCIDR string) {
 	virtual = waitReady(t, host, syncer)
 	checkWorkload(t, virtual.client)
 	checkNotEvicted(t, virtual.client, host.Client, hostName("live-pod"))
+	widgets, err := dynamic.NewForConfigOrDie(virtual.config).Resource(schema.GroupVersionResource{Group: "live.harikube.io", Version: "v1", Resource: "widgets"}).Namespace("default").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Errorf("widgets after the restart: %v", err)
+	} else if len(widgets.Items) != 3 {
+		t.Errorf("widgets after the restart: %d, want 3", len(widgets.Items))
+	}
 }
 
 // virtualCluster is the virtual cluster as a user reaches it: the vc-kine
@@ -347,32 +359,63 @@ func checkNotEvicted(t *testing.T, virtual, host kubernetes.Interface, hostPodNa
 	}
 }
 
-// checkPushdown lists ConfigMaps by label in the virtual cluster and checks
-// that harikube's datastore answered the selection (its metrics count it).
+// checkPushdown creates a custom resource type in the virtual cluster and
+// lists its objects by label: the values serve custom resources uncached,
+// so the selection reaches harikube's datastore, whose metrics count it.
 func checkPushdown(t *testing.T, v virtualCluster) {
 	t.Helper()
 	ctx := context.Background()
-	before := metric(t, v.client, "harikube_datastore_selection_requests_total")
-	var list *corev1.ConfigMapList
-	var err error
-	// ConfigMaps are served from the watch cache; a LIST with
-	// resourceVersion "" reads the datastore, with the selector pushed down.
-	list, err = v.client.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{LabelSelector: "app=live"})
+	crd := &apiextensionsv1.CustomResourceDefinition{
+		ObjectMeta: metav1.ObjectMeta{Name: "widgets.live.harikube.io"},
+		Spec: apiextensionsv1.CustomResourceDefinitionSpec{
+			Group: "live.harikube.io",
+			Names: apiextensionsv1.CustomResourceDefinitionNames{Plural: "widgets", Singular: "widget", Kind: "Widget", ListKind: "WidgetList"},
+			Scope: apiextensionsv1.NamespaceScoped,
+			Versions: []apiextensionsv1.CustomResourceDefinitionVersion{{
+				Name: "v1", Served: true, Storage: true,
+				Schema: &apiextensionsv1.CustomResourceValidation{OpenAPIV3Schema: &apiextensionsv1.JSONSchemaProps{
+					Type:                   "object",
+					XPreserveUnknownFields: ptr.To(true),
+				}},
+			}},
+		},
+	}
+	ext := apiextensionsclient.NewForConfigOrDie(v.config)
+	if _, err := ext.ApiextensionsV1().CustomResourceDefinitions().Create(ctx, crd, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create CRD in the virtual cluster: %v", err)
+	}
+	gvr := schema.GroupVersionResource{Group: "live.harikube.io", Version: "v1", Resource: "widgets"}
+	widgets := dynamic.NewForConfigOrDie(v.config).Resource(gvr).Namespace("default")
+	poll(t, "the Widget CRD served", time.Second, time.Minute, func() (bool, error) {
+		for i, color := range []string{"red", "blue", "red"} {
+			w := &unstructured.Unstructured{Object: map[string]any{
+				"apiVersion": "live.harikube.io/v1", "kind": "Widget",
+				"metadata": map[string]any{"name": fmt.Sprintf("w%d", i), "labels": map[string]any{"color": color}},
+			}}
+			if _, err := widgets.Create(ctx, w, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+				return false, err
+			}
+		}
+		return true, nil
+	})
+	series := `resource="widgets.live.harikube.io"`
+	before := metric(t, v.client, "harikube_datastore_selection_requests_total", series)
+	list, err := widgets.List(ctx, metav1.ListOptions{LabelSelector: "color=red"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(list.Items) != 1 || list.Items[0].Name != "live-config" {
-		t.Errorf("LIST configmaps app=live: %d items, want live-config", len(list.Items))
+	if len(list.Items) != 2 {
+		t.Errorf("LIST widgets color=red: %d items, want 2", len(list.Items))
 	}
-	after := metric(t, v.client, "harikube_datastore_selection_requests_total")
+	after := metric(t, v.client, "harikube_datastore_selection_requests_total", series)
 	if after <= before {
-		t.Errorf("harikube_datastore_selection_requests_total: %v before the LIST, %v after; want an increase", before, after)
+		t.Errorf("harikube_datastore_selection_requests_total{%s}: %v before the LIST, %v after; want an increase", series, before, after)
 	}
 }
 
 // metric sums a metric's samples from the virtual apiserver's /metrics
 // (through the syncer's proxy).
-func metric(t *testing.T, c kubernetes.Interface, name string) float64 {
+func metric(t *testing.T, c kubernetes.Interface, name string, labels ...string) float64 {
 	t.Helper()
 	body, err := c.Discovery().RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
 	if err != nil {
@@ -381,6 +424,13 @@ func metric(t *testing.T, c kubernetes.Interface, name string) float64 {
 	var total float64
 	for _, line := range strings.Split(string(body), "\n") {
 		if strings.HasPrefix(line, name+"{") || strings.HasPrefix(line, name+" ") {
+			matches := true
+			for _, l := range labels {
+				matches = matches && strings.Contains(line, l)
+			}
+			if !matches {
+				continue
+			}
 			var v float64
 			fmt.Sscanf(line[strings.LastIndex(line, " ")+1:], "%g", &v)
 			total += v
