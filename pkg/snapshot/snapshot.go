@@ -80,7 +80,7 @@ func Save(ctx context.Context, opts SaveOptions) (Info, error) {
 		return Info{}, err
 	}
 	if _, err := os.Stat(opts.Database); err != nil {
-		return Info{}, fmt.Errorf("no SQLite database at %s: %w", opts.Database, err)
+		return Info{}, fmt.Errorf("no SQLite database at %s (%w): pass the server's --data-dir, and its --datastore-endpoint if it set one; a server on PostgreSQL is backed up with pg_dump (README: Backups)", opts.Database, err)
 	}
 	keys, err := keyFingerprints(opts.EncryptionConfig)
 	if err != nil {
