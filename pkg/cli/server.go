@@ -47,7 +47,7 @@ func newServerCommand() *cobra.Command {
 	f.StringArrayVar(&apiArgs, "kube-apiserver-arg", nil, "extra flag for kube-apiserver, as name=value (repeatable)")
 	f.StringArrayVar(&cmArgs, "kube-controller-manager-arg", nil, "extra flag for kube-controller-manager, as name=value (repeatable)")
 	f.BoolVar(&cfg.SecretsEncryption, "secrets-encryption", false, "encrypt Secrets at rest (key kept in <data-dir>/cred); selector lists on Secrets stay correct, their values are just not indexed")
-	f.StringVar(&cfg.Snapshots.Cron, "snapshot-schedule", "", "take snapshots of the SQLite datastore on this cron schedule, e.g. '0 */12 * * *' or @every 6h (k3s: --etcd-snapshot-schedule-cron)")
+	f.Var(cronFlag{&cfg.Snapshots.Cron}, "snapshot-schedule", "take snapshots of the SQLite datastore on this cron schedule, e.g. '0 */12 * * *' or @every 6h (k3s: --etcd-snapshot-schedule-cron)")
 	f.IntVar(&cfg.Snapshots.Retention, "snapshot-retention", 5, "scheduled snapshots to keep, 0 keeps all (k3s: --etcd-snapshot-retention)")
 	f.StringVar(&cfg.Snapshots.Dir, "snapshot-dir", "", "directory of scheduled snapshots (default <data-dir>/snapshots; k3s: --etcd-snapshot-dir)")
 	f.BoolVar(&debug, "debug", false, "debug logging")

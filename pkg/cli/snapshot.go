@@ -210,3 +210,23 @@ func humanBytes(n int64) string {
 	}
 	return fmt.Sprintf("%d B", n)
 }
+
+// cronFlag is a --snapshot-schedule value, checked when the flag is parsed.
+type cronFlag struct{ spec *string }
+
+func (f cronFlag) String() string {
+	if f.spec == nil {
+		return ""
+	}
+	return *f.spec
+}
+
+func (f cronFlag) Set(s string) error {
+	if _, err := snapshot.ParseSchedule(s); err != nil {
+		return err
+	}
+	*f.spec = s
+	return nil
+}
+
+func (cronFlag) Type() string { return "cron" }

@@ -20,7 +20,7 @@ const ScheduledName = "scheduled"
 func ParseSchedule(spec string) (cron.Schedule, error) {
 	s, err := cron.ParseStandard(spec)
 	if err != nil {
-		return nil, fmt.Errorf("--snapshot-schedule %q: %w; use five cron fields, e.g. '0 */12 * * *', or @every 6h", spec, err)
+		return nil, fmt.Errorf("schedule %q: %w; use five cron fields (minute hour day-of-month month day-of-week), e.g. '0 */12 * * *', or @every 6h", spec, err)
 	}
 	return s, nil
 }

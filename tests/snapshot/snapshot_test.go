@@ -713,3 +713,16 @@ func (h *history) resolveDeletes(t *testing.T, watches []*deleteWatch) {
 		t.Fatalf("DELETED events of some deletes did not arrive: %v", err)
 	}
 }
+
+// TestBadSnapshotSchedule: a schedule that is not cron stops the server
+// before it starts anything, saying what a schedule looks like.
+func TestBadSnapshotSchedule(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	out, code := runBinary(t, "server", "--data-dir", dir, "--snapshot-schedule", "every day")
+	if code != 1 || !strings.Contains(out, `"--snapshot-schedule"`) || !strings.Contains(out, "five cron fields") {
+		t.Errorf("server --snapshot-schedule 'every day': exit %d, output %q; want exit 1 naming the flag and the cron format", code, out)
+	}
+	if _, err := os.Stat(dir); err == nil {
+		t.Errorf("the refused start created %s", dir)
+	}
+}
