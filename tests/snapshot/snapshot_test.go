@@ -33,6 +33,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 
+	"github.com/harikube/harikube/tests/pgserver"
 	"github.com/harikube/harikube/tests/testserver"
 )
 
@@ -724,5 +725,16 @@ func TestBadSnapshotSchedule(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); err == nil {
 		t.Errorf("the refused start created %s", dir)
+	}
+}
+
+// TestScheduleOnPostgres: scheduled snapshots on a PostgreSQL datastore are
+// refused at start with the pg_dump advice.
+func TestScheduleOnPostgres(t *testing.T) {
+	pg := pgserver.Start(t)
+	out, code := runBinary(t, "server", "--data-dir", t.TempDir(), "--bind-address", "127.0.0.1",
+		"--https-listen-port", strconv.Itoa(testserver.FreePort(t)), "--datastore-endpoint", pg.DSN(), "--snapshot-schedule", "@hourly")
+	if code != 1 || !strings.Contains(out, "--snapshot-schedule takes snapshots of a SQLite datastore") || !strings.Contains(out, "pg_dump") {
+		t.Errorf("server on PostgreSQL with --snapshot-schedule: exit %d; want exit 1 pointing to pg_dump; output:\n%s", code, out)
 	}
 }
