@@ -196,6 +196,53 @@ func runLive(t *testing.T, syncerDir, hostCIDR string) {
 	} else if len(widgets.Items) != 3 {
 		t.Errorf("widgets after the restart: %d, want 3", len(widgets.Items))
 	}
+
+	// harikube's own snapshot of the virtual cluster's datastore (vCluster's
+	// snapshot reads only its mapping store): saved while it runs, restored
+	// into the stopped pod's /data, it brings back what was deleted since.
+	binary := filepath.Join(vols.dirs["binaries"], "harikube")
+	dataDir := filepath.Join(vols.dirs["data"], "harikube")
+	out := run(t, binary, "snapshot", "save", "--data-dir", dataDir, "--name", "live")
+	snapshotPath := ""
+	for _, line := range strings.Split(out, "\n") {
+		if p, ok := strings.CutPrefix(line, "Snapshot: "); ok {
+			snapshotPath = strings.TrimSpace(p)
+		}
+	}
+	if snapshotPath == "" {
+		t.Fatalf("harikube snapshot save printed no path:\n%s", out)
+	}
+	if err := virtual.client.CoreV1().ConfigMaps("default").Delete(ctx, "live-config", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, "the host copy of live-config deleted", time.Second, time.Minute, func() (bool, error) {
+		_, err := host.Client.CoreV1().ConfigMaps(namespace).Get(ctx, hostName("live-config"), metav1.GetOptions{})
+		return apierrors.IsNotFound(err), err
+	}, syncer)
+	syncer.kill(t)
+	waitPortsClosed(t, "127.0.0.1:6443", "127.0.0.1:8443")
+	run(t, binary, "snapshot", "restore", "--data-dir", dataDir, snapshotPath)
+	syncer = runSyncer(t, host.Client, host.Port, hostCA, pod, vols, image(t), syncerDir, logPath)
+	virtual = waitReady(t, host, syncer)
+	checkWorkload(t, virtual.client)
+	poll(t, "the host copy of live-config re-created", time.Second, 2*time.Minute, func() (bool, error) {
+		_, err := host.Client.CoreV1().ConfigMaps(namespace).Get(ctx, hostName("live-config"), metav1.GetOptions{})
+		return err == nil, err
+	}, syncer)
+}
+
+// run runs a command and returns its stdout; a non-zero exit fails the test.
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%s %s: %v\n%s%s", name, strings.Join(args, " "), err, out.String(), errOut.String())
+	}
+	return out.String()
 }
 
 // virtualCluster is the virtual cluster as a user reaches it: the vc-kine
