@@ -21,6 +21,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/harikube/harikube/pkg/childguard"
 	"github.com/harikube/harikube/pkg/datastore"
 	"github.com/harikube/harikube/tests/testserver"
 )
@@ -79,8 +80,14 @@ func runServer(t *testing.T, dataDir string, timeout time.Duration, extraArgs ..
 	args := append([]string{"server", "--data-dir", dataDir,
 		"--https-listen-port", strconv.Itoa(testserver.FreePort(t)), "--bind-address", "127.0.0.1"}, extraArgs...)
 	cmd := exec.CommandContext(ctx, testserver.Binary(t), args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.CombinedOutput()
+	var output bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &output, &output
+	released, err := childguard.Start(cmd)
+	if err == nil {
+		err = cmd.Wait()
+		released()
+	}
+	out := output.Bytes()
 	if ctx.Err() != nil {
 		t.Fatalf("harikube server on %s still running after %s; output:\n%s", dataDir, timeout, tail(out, 20))
 	}

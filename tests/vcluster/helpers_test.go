@@ -17,7 +17,6 @@ import (
 	"regexp"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -28,6 +27,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/harikube/harikube/pkg/childguard"
 	"github.com/harikube/harikube/tests/testserver"
 	"github.com/harikube/harikube/tests/vclusterimage"
 )
@@ -125,12 +125,13 @@ func startProcess(t *testing.T, name, dataDir, binaries string, args, env []stri
 	p.cmd.Dir = dataDir
 	p.cmd.Env = append(append(os.Environ(), env...), "_VCLUSTER_MANAGED=yes", "PATH="+os.Getenv("PATH")+":"+binaries+":/usr/local/bin")
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := p.cmd.Start(); err != nil {
+	released, err := childguard.Start(p.cmd)
+	if err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
 	go func() {
 		_ = p.cmd.Wait()
+		released()
 		p.code = p.cmd.ProcessState.ExitCode()
 		close(p.done)
 	}()
