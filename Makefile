@@ -21,10 +21,23 @@ LDFLAGS := -s -w -extldflags -static \
 	-X k8s.io/client-go/pkg/version.gitMinor=$(K8S_MINOR)
 export CGO_ENABLED := 0
 
-.PHONY: build run test vet fmt clean
+# Release binaries: `make dist` writes dist/harikube-<os>-<arch> and SHA256SUMS.
+DIST_PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64
+
+.PHONY: build dist run test vet fmt clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/harikube
+
+# Without cgo Go links on its own: Linux binaries are fully static, macOS
+# ones link only libSystem, which macOS requires of every program.
+dist:
+	rm -rf dist && mkdir -p dist
+	set -e; for p in $(DIST_PLATFORMS); do \
+		GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -ldflags '$(LDFLAGS)' -o dist/harikube-$${p%/*}-$${p#*/} ./cmd/harikube; \
+	done
+	cd dist && if command -v sha256sum >/dev/null; then sha256sum harikube-*; else shasum -a 256 harikube-*; fi >SHA256SUMS
+	@cat dist/SHA256SUMS
 
 run: build
 	$(BIN) server --data-dir $${DATA_DIR:-$$HOME/.harikube}
@@ -36,4 +49,4 @@ test: build
 	scripts/test
 
 clean:
-	rm -rf bin
+	rm -rf bin dist
