@@ -131,12 +131,18 @@ func testPushdownAtScale(t *testing.T, datastoreArgs []string) {
 	})
 
 	t.Run("field selector on a selectable field", func(t *testing.T) {
+		rowsBefore := s.Metric(t, "harikube_datastore_selection_rows_total", `resource="gadgets.pushdown.harikube.io"`)
 		list, err := dyn.Namespace("default").List(ctx, metav1.ListOptions{FieldSelector: "spec.color=c4242"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if got := names(list.Items); fmt.Sprint(got) != "[g04242]" {
 			t.Fatalf("got %v", got)
+		}
+		// The CRD's storage version is indexed with its selectable field:
+		// the datastore answers it, not the apiserver.
+		if rows := s.Metric(t, "harikube_datastore_selection_rows_total", `resource="gadgets.pushdown.harikube.io"`) - rowsBefore; rows != 1 {
+			t.Fatalf("datastore returned %v rows for 1 match", rows)
 		}
 	})
 
