@@ -29,8 +29,8 @@ DIST_PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/harikube
 
-# Without cgo Go links on its own: Linux binaries are fully static, macOS
-# ones link only libSystem, which macOS requires of every program.
+# Without cgo Go links on its own: Linux binaries are fully static; macOS
+# ones link the system's libraries and frameworks, as macOS requires.
 dist:
 	rm -rf dist && mkdir -p dist
 	set -e; for p in $(DIST_PLATFORMS); do \
