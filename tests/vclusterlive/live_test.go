@@ -95,8 +95,12 @@ func runLive(t *testing.T, syncerDir, hostCIDR string) {
 	syncer := runSyncer(t, host.Client, host.Port, hostCA, pod, vols, image(t), syncerDir, logPath)
 	virtual := waitReady(t, host, syncer)
 
-	// The syncer started harikube through the values' command: its database
-	// is where --data-dir says, and /version is harikube's Kubernetes.
+	// The syncer started harikube through the values' command: it logs the
+	// command, the database is where --data-dir says, and /version is
+	// harikube's Kubernetes.
+	if log, err := os.ReadFile(logPath); err != nil || !strings.Contains(string(log), `"args": "/binaries/harikube server `) {
+		t.Errorf("the syncer's log has no apiserver started as /binaries/harikube server (%v)", err)
+	}
 	if _, err := os.Stat(filepath.Join(vols.dirs["data"], "harikube", "db", "state.db")); err != nil {
 		t.Errorf("harikube's database in /data/harikube: %v", err)
 	}
