@@ -1,8 +1,9 @@
 // Command imagebuild assembles harikube's container image without a
-// container daemon and without pulling a base image: two layers built from
-// files on this machine, a static busybox (for the `cp` vCluster's init
-// container runs, and a shell for debugging) and the static harikube binary
-// with its component names as relative symlinks:
+// container daemon and without pulling a base image: for each platform, two
+// layers built from files on this machine, a static busybox (for the `cp`
+// vCluster's init container runs, and a shell for debugging) and the static
+// harikube binary with its component names as relative symlinks, gathered in
+// one OCI image index (linux/amd64 and linux/arm64 by default):
 //
 //	/bin/busybox, /bin/cp, /bin/sh, ...            (applets → busybox)
 //	/kubernetes/harikube
@@ -24,6 +25,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -46,21 +48,26 @@ var Components = []string{"kube-apiserver", "kube-controller-manager", "kine"}
 var fallbackApplets = []string{"cat", "cp", "chmod", "echo", "env", "false", "id", "ln", "ls", "mkdir", "mv", "rm", "sh", "sleep", "test", "true", "wget"}
 
 func main() {
+	var binaries, busyboxes fileList
+	flag.Var(&binaries, "binary", "static harikube binary, one per platform (repeatable; each file's ELF header says its architecture)")
+	flag.Var(&busyboxes, "busybox", "static busybox binary, one per platform (repeatable)")
 	var (
-		binary   = flag.String("binary", "bin/harikube", "static harikube binary")
-		busybox  = flag.String("busybox", "/bin/busybox", "static busybox binary")
-		ref      = flag.String("image", "harikube:dev", "image reference (name:tag) recorded in the outputs")
-		ociDir   = flag.String("oci-layout", "", "write an OCI image layout to this directory")
-		tarPath  = flag.String("tarball", "", "write a `docker load`-able tarball to this file")
-		version  = flag.String("version", "", "value of the org.opencontainers.image.version label")
-		epochStr = flag.String("source-date-epoch", os.Getenv("SOURCE_DATE_EPOCH"), "timestamp (Unix seconds) of every file and of the image; default 0, for reproducible images")
+		platforms = flag.String("platforms", "linux/amd64,linux/arm64", "comma-separated platforms of the image index")
+		ref       = flag.String("image", "harikube:dev", "image reference (name:tag) recorded in the outputs")
+		ociDir    = flag.String("oci-layout", "", "write an OCI image layout holding the image index to this directory")
+		tarPath   = flag.String("tarball", "", "write a `docker load`-able tarball of one platform's image to this file (docker load takes no index)")
+		tarArch   = flag.String("tarball-arch", runtime.GOARCH, "architecture of the image in -tarball")
+		version   = flag.String("version", "", "value of the org.opencontainers.image.version label")
+		epochStr  = flag.String("source-date-epoch", os.Getenv("SOURCE_DATE_EPOCH"), "timestamp (Unix seconds) of every file and of the image; default 0, for reproducible images")
 	)
-	checkStatic := flag.String("check-static", "", "only check that this file is a static ELF executable (exit status 0 or 1)")
+	archOf := flag.String("arch", "", "only print the architecture of this static ELF executable (exit status 1 if it is not one)")
 	flag.Parse()
-	if *checkStatic != "" {
-		if _, err := staticELF(*checkStatic); err != nil {
+	if *archOf != "" {
+		arch, err := staticELF(*archOf)
+		if err != nil {
 			fail(err)
 		}
+		fmt.Println(arch)
 		return
 	}
 	if *ociDir == "" && *tarPath == "" {
@@ -77,25 +84,86 @@ func main() {
 	if err != nil {
 		fail(fmt.Errorf("-image %q: %w", *ref, err))
 	}
-	img, err := Build(Options{Binary: *binary, Busybox: *busybox, Version: *version, Created: time.Unix(epoch, 0).UTC()})
+	binByArch, err := byArch(binaries)
 	if err != nil {
-		fail(err)
+		fail(fmt.Errorf("-binary: %w", err))
 	}
-	if *ociDir != "" {
-		if err := writeLayout(*ociDir, tag, img); err != nil {
+	bbByArch, err := byArch(busyboxes)
+	if err != nil {
+		fail(fmt.Errorf("-busybox: %w", err))
+	}
+	created := time.Unix(epoch, 0).UTC()
+	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+	images := map[string]v1.Image{}
+	for _, p := range strings.Split(*platforms, ",") {
+		plat, err := v1.ParsePlatform(strings.TrimSpace(p))
+		if err != nil {
+			fail(fmt.Errorf("-platforms: %w", err))
+		}
+		if plat.OS != "linux" {
+			fail(fmt.Errorf("-platforms: %s: only linux images can be built", p))
+		}
+		if binByArch[plat.Architecture] == "" || bbByArch[plat.Architecture] == "" {
+			fail(fmt.Errorf("platform %s needs a harikube binary and a busybox for %s (have binaries for %v, busyboxes for %v)",
+				p, plat.Architecture, keys(binByArch), keys(bbByArch)))
+		}
+		img, err := Build(Options{Binary: binByArch[plat.Architecture], Busybox: bbByArch[plat.Architecture], Version: *version, Created: created})
+		if err != nil {
 			fail(err)
 		}
-		fmt.Printf("OCI layout: %s (%s)\n", *ociDir, tag.Name())
+		images[plat.Architecture] = img
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: plat}})
+	}
+	if *ociDir != "" {
+		if err := writeLayout(*ociDir, tag, idx); err != nil {
+			fail(err)
+		}
+		fmt.Printf("OCI layout: %s (%s, platforms %s)\n", *ociDir, tag.Name(), *platforms)
 	}
 	if *tarPath != "" {
+		img, ok := images[*tarArch]
+		if !ok {
+			fail(fmt.Errorf("-tarball-arch %s is not one of -platforms %s", *tarArch, *platforms))
+		}
 		if err := tarball.WriteToFile(*tarPath, tag, img); err != nil {
 			fail(fmt.Errorf("write tarball %s: %w", *tarPath, err))
 		}
-		fmt.Printf("docker tarball: %s (%s)\n", *tarPath, tag.Name())
+		fmt.Printf("docker tarball: %s (%s, linux/%s)\n", *tarPath, tag.Name(), *tarArch)
 	}
-	if d, err := img.Digest(); err == nil {
-		fmt.Printf("image digest: %s\n", d)
+	if d, err := idx.Digest(); err == nil {
+		fmt.Printf("image index digest: %s\n", d)
 	}
+}
+
+// fileList is a repeatable file flag.
+type fileList []string
+
+func (l *fileList) String() string     { return strings.Join(*l, ",") }
+func (l *fileList) Set(v string) error { *l = append(*l, v); return nil }
+
+// byArch keys static executables by their ELF architecture.
+func byArch(files []string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, f := range files {
+		arch, err := staticELF(f)
+		if err != nil {
+			return nil, err
+		}
+		if prev, dup := out[arch]; dup {
+			return nil, fmt.Errorf("%s and %s are both for %s", prev, f, arch)
+		}
+		out[arch] = f
+	}
+	return out, nil
+}
+
+func keys(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 func fail(err error) {
@@ -307,9 +375,9 @@ func tarLayer(mod time.Time, fill func(*tarWriter) error) (v1.Layer, error) {
 	}, tarball.WithMediaType(types.OCILayer))
 }
 
-// writeLayout writes (or replaces) an OCI layout holding this one image,
-// annotated with its reference as containerd and skopeo expect.
-func writeLayout(dir string, tag name.Tag, img v1.Image) error {
+// writeLayout writes (or replaces) an OCI layout holding this one image
+// index, annotated with its reference as containerd and skopeo expect.
+func writeLayout(dir string, tag name.Tag, idx v1.ImageIndex) error {
 	if err := os.RemoveAll(dir); err != nil {
 		return err
 	}
@@ -317,7 +385,7 @@ func writeLayout(dir string, tag name.Tag, img v1.Image) error {
 	if err != nil {
 		return fmt.Errorf("OCI layout %s: %w", dir, err)
 	}
-	return p.AppendImage(img, layout.WithAnnotations(map[string]string{
+	return p.AppendIndex(idx, layout.WithAnnotations(map[string]string{
 		"org.opencontainers.image.ref.name": tag.TagStr(),
 		"io.containerd.image.name":          tag.Name(),
 	}))

@@ -1,7 +1,11 @@
 package vcluster
 
 import (
+	"archive/tar"
+	"bytes"
 	"debug/elf"
+	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,8 +14,13 @@ import (
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/harikube/harikube/tests/vclusterimage"
 )
 
 // components are the files vCluster's k8s distro contract needs in
@@ -76,15 +85,7 @@ func TestImageLayout(t *testing.T) {
 	if err != nil {
 		t.Fatalf("tarball: %v", err)
 	}
-	idx, err := layout.ImageIndexFromPath(b.OCILayout)
-	if err != nil {
-		t.Fatal(err)
-	}
-	im, err := idx.IndexManifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	fromLayout, err := idx.Image(im.Manifests[0].Digest)
+	fromLayout, err := vclusterimage.PlatformImage(b.OCILayout, imageRef, runtime.GOARCH)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,4 +144,102 @@ func checkStatic(t *testing.T, path string) {
 	if libs, _ := f.ImportedLibraries(); len(libs) > 0 {
 		t.Errorf("%s needs shared libraries %v", path, libs)
 	}
+}
+
+// TestImagePlatforms: the OCI layout holds one image index with a linux/amd64
+// and a linux/arm64 image, and in each, /kubernetes/harikube and the
+// init container's /bin/busybox are static executables for that machine.
+func TestImagePlatforms(t *testing.T) {
+	t.Parallel()
+	b := image(t)
+	idx, err := layout.ImageIndexFromPath(b.OCILayout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	top, err := idx.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(top.Manifests) != 1 || top.Manifests[0].MediaType != types.OCIImageIndex {
+		t.Fatalf("layout entries %+v, want one OCI image index", top.Manifests)
+	}
+	inner, err := idx.ImageIndex(top.Manifests[0].Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := inner.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var platforms []string
+	for _, d := range im.Manifests {
+		platforms = append(platforms, d.Platform.String())
+	}
+	if strings.Join(platforms, " ") != "linux/amd64 linux/arm64" {
+		t.Errorf("index platforms %v, want linux/amd64 and linux/arm64", platforms)
+	}
+	machines := map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}
+	for arch, machine := range machines {
+		img, err := vclusterimage.PlatformImage(b.OCILayout, imageRef, arch)
+		if err != nil {
+			t.Errorf("%s: %v", arch, err)
+			continue
+		}
+		cf, err := img.ConfigFile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cf.OS != "linux" || cf.Architecture != arch {
+			t.Errorf("%s image config says %s/%s", arch, cf.OS, cf.Architecture)
+		}
+		files := readFiles(t, img, "kubernetes/harikube", "bin/busybox")
+		for _, name := range []string{"kubernetes/harikube", "bin/busybox"} {
+			f, err := elf.NewFile(bytes.NewReader(files[name]))
+			if err != nil {
+				t.Errorf("%s image /%s: not ELF: %v", arch, name, err)
+				continue
+			}
+			if f.Machine != machine {
+				t.Errorf("%s image /%s is for %s, want %s", arch, name, f.Machine, machine)
+			}
+			for _, p := range f.Progs {
+				if p.Type == elf.PT_INTERP {
+					t.Errorf("%s image /%s is dynamically linked", arch, name)
+				}
+			}
+		}
+	}
+}
+
+// readFiles reads the named regular files from img's flattened file system.
+func readFiles(t *testing.T, img v1.Image, names ...string) map[string][]byte {
+	t.Helper()
+	want := map[string]bool{}
+	for _, n := range names {
+		want[n] = true
+	}
+	out := map[string][]byte{}
+	rc := mutate.Extract(img)
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if name := strings.TrimPrefix(h.Name, "/"); want[name] && h.Typeflag == tar.TypeReg {
+			if out[name], err = io.ReadAll(tr); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, n := range names {
+		if out[n] == nil {
+			t.Errorf("image has no regular file /%s", n)
+		}
+	}
+	return out
 }

@@ -12,7 +12,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 )
@@ -56,6 +58,39 @@ func Build(repoRoot, bin, ref, dir string) (Image, error) {
 	return b, nil
 }
 
+// PlatformImage is the linux/arch image of the one image index in an OCI
+// layout, which must be named ref.
+func PlatformImage(layoutDir, ref, arch string) (v1.Image, error) {
+	root, err := layout.ImageIndexFromPath(layoutDir)
+	if err != nil {
+		return nil, err
+	}
+	manifest, err := root.IndexManifest()
+	if err != nil {
+		return nil, err
+	}
+	if len(manifest.Manifests) != 1 {
+		return nil, fmt.Errorf("want one image index in the layout, found %d entries", len(manifest.Manifests))
+	}
+	if got := manifest.Manifests[0].Annotations["io.containerd.image.name"]; got != ref {
+		return nil, fmt.Errorf("layout names the image %q, want %q", got, ref)
+	}
+	idx, err := root.ImageIndex(manifest.Manifests[0].Digest)
+	if err != nil {
+		return nil, fmt.Errorf("the layout's entry is not an image index: %w", err)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range im.Manifests {
+		if d.Platform != nil && d.Platform.OS == "linux" && d.Platform.Architecture == arch {
+			return idx.Image(d.Digest)
+		}
+	}
+	return nil, fmt.Errorf("the image index has no linux/%s image", arch)
+}
+
 // InitCopy is the init container: command [cp], args [-r, /kubernetes/.,
 // /binaries/], exec'd without a shell, with the image's own cp (busybox,
 // static), into binaries.
@@ -70,24 +105,10 @@ func (b Image) InitCopy(binaries string) error {
 	return nil
 }
 
-// Unpack flattens the single image of an OCI layout, which must be named
-// ref, into dir.
+// Unpack flattens this machine's image (runtime.GOARCH) of the image index
+// in an OCI layout, which must be named ref, into dir.
 func Unpack(layoutDir, ref, dir string) error {
-	idx, err := layout.ImageIndexFromPath(layoutDir)
-	if err != nil {
-		return err
-	}
-	manifest, err := idx.IndexManifest()
-	if err != nil {
-		return err
-	}
-	if len(manifest.Manifests) != 1 {
-		return fmt.Errorf("want one image in the layout, found %d", len(manifest.Manifests))
-	}
-	if got := manifest.Manifests[0].Annotations["io.containerd.image.name"]; got != ref {
-		return fmt.Errorf("layout names the image %q, want %q", got, ref)
-	}
-	image, err := idx.Image(manifest.Manifests[0].Digest)
+	image, err := PlatformImage(layoutDir, ref, runtime.GOARCH)
 	if err != nil {
 		return err
 	}
