@@ -141,7 +141,7 @@ func startProcess(t *testing.T, name, dataDir, binaries string, args, env []stri
 			<-p.done
 		}
 		if t.Failed() {
-			t.Logf("%s log (%s), last lines:\n%s", name, p.log, tail(p.log, 40))
+			t.Logf("%s log (%s), last lines:\n%s", name, p.log, vclusterimage.Tail(p.log, 40))
 		}
 	})
 	return p
@@ -161,7 +161,7 @@ func (p *process) exitedErr() error {
 	if p.running() {
 		return nil
 	}
-	return fmt.Errorf("%s exited with code %d:\n%s", p.name, p.code, tail(p.log, 30))
+	return fmt.Errorf("%s exited with code %d:\n%s", p.name, p.code, vclusterimage.Tail(p.log, 30))
 }
 
 // stop is vCluster's cancel: SIGINT, and the process must exit 0.
@@ -179,44 +179,18 @@ func (p *process) stop(t *testing.T) {
 		t.Fatalf("%s did not stop within 60s of SIGINT", p.name)
 	}
 	if p.code != 0 {
-		t.Errorf("%s exited with code %d after SIGINT, want 0:\n%s", p.name, p.code, tail(p.log, 30))
+		t.Errorf("%s exited with code %d after SIGINT, want 0:\n%s", p.name, p.code, vclusterimage.Tail(p.log, 30))
 	}
 }
 
-func tail(path string, n int) string {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-// poll calls cond every interval until it returns true, fails the test
-// after timeout, and stops early when one of procs exits.
+// poll is vclusterimage.Poll, stopping early when one of procs exits.
 func poll(t *testing.T, what string, interval, timeout time.Duration, cond func() (bool, error), procs ...*process) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var last error
-	for {
-		ok, err := cond()
-		if ok {
-			return
-		}
-		last = err
-		for _, p := range procs {
-			if err := p.exitedErr(); err != nil {
-				t.Fatalf("waiting for %s: %v", what, err)
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waiting for %s: timed out after %s (last error: %v)", what, timeout, last)
-		}
-		time.Sleep(interval)
+	alive := make([]func() error, len(procs))
+	for i, p := range procs {
+		alive[i] = p.exitedErr
 	}
+	vclusterimage.Poll(t, what, interval, timeout, cond, alive...)
 }
 
 // waitForEtcd is vCluster's etcd.WaitForEtcd: an etcd client on the

@@ -17,6 +17,7 @@ import (
 
 	"github.com/harikube/harikube/pkg/vcluster"
 	"github.com/harikube/harikube/tests/testserver"
+	"github.com/harikube/harikube/tests/vclusterimage"
 )
 
 // startInPod runs `harikube server --vcluster` (plus args) as the syncer
@@ -76,7 +77,7 @@ func TestServiceCIDRFromHost(t *testing.T) {
 		}
 		for _, want := range []string{vcluster.ServiceCIDRAnnotation, "Service kine/kine", "pass --service-cidr"} {
 			if !strings.Contains(string(out), want) {
-				t.Errorf("error output lacks %q:\n%s", want, tail(p.log, 10))
+				t.Errorf("error output lacks %q:\n%s", want, vclusterimage.Tail(p.log, 10))
 			}
 		}
 	})

@@ -359,7 +359,7 @@ func (p *syncerPod) exitedErr() error {
 	if p.running() {
 		return nil
 	}
-	return fmt.Errorf("the syncer exited with code %d; last lines of %s:\n%s", p.code, p.log, tail(p.log, 60))
+	return fmt.Errorf("the syncer exited with code %d; last lines of %s:\n%s", p.code, p.log, vclusterimage.Tail(p.log, 60))
 }
 
 // kill is SIGKILL of the syncer and everything it started: unshare passes
@@ -377,38 +377,12 @@ func (p *syncerPod) kill(t *testing.T) {
 	}
 }
 
-func tail(path string, n int) string {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-// poll calls cond every interval until it returns true and fails the test
-// after timeout.
+// poll is vclusterimage.Poll, stopping early when one of pods exits.
 func poll(t *testing.T, what string, interval, timeout time.Duration, cond func() (bool, error), pods ...*syncerPod) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var last error
-	for {
-		ok, err := cond()
-		if ok {
-			return
-		}
-		last = err
-		for _, p := range pods {
-			if err := p.exitedErr(); err != nil {
-				t.Fatalf("waiting for %s: %v", what, err)
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waiting for %s: timed out after %s (last error: %v)", what, timeout, last)
-		}
-		time.Sleep(interval)
+	alive := make([]func() error, len(pods))
+	for i, p := range pods {
+		alive[i] = p.exitedErr
 	}
+	vclusterimage.Poll(t, what, interval, timeout, cond, alive...)
 }

@@ -31,6 +31,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/harikube/harikube/tests/testserver"
+	"github.com/harikube/harikube/tests/vclusterimage"
 )
 
 const (
@@ -71,7 +72,7 @@ func runLive(t *testing.T, syncerDir, hostCIDR string) {
 	logPath := filepath.Join(t.TempDir(), "syncer.log")
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("syncer log (%s), last lines:\n%s", logPath, tail(logPath, 80))
+			t.Logf("syncer log (%s), last lines:\n%s", logPath, vclusterimage.Tail(logPath, 80))
 			if dir := os.Getenv("HARIKUBE_TEST_LOGS"); dir != "" {
 				if b, err := os.ReadFile(logPath); err == nil && os.MkdirAll(dir, 0o755) == nil {
 					_ = os.WriteFile(filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_")+"-syncer.log"), b, 0o644)
