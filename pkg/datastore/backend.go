@@ -210,7 +210,11 @@ func (b *backend) valueMayMatch(s selection.Selection, ls labels.Selector, kv *s
 	if kv == nil {
 		return true
 	}
-	entry := b.cache.get(kv.ModRevision, func() index.Entry { return b.idx.registry.Extract(kv.Key, kv.Value) })
+	var generation int64 // of the registration that extracts this key now
+	if res, ok := b.idx.registry.Lookup(kv.Key); ok {
+		generation = res.Generation
+	}
+	entry := b.cache.get(kv.ModRevision, generation, func() index.Entry { return b.idx.registry.Extract(kv.Key, kv.Value) })
 	if !entry.Decoded {
 		return true
 	}
@@ -231,11 +235,14 @@ const entryCacheSize = 4096
 
 func newEntryCache() *entryCache { return &entryCache{entries: map[int64]index.Entry{}} }
 
-func (c *entryCache) get(rev int64, compute func() index.Entry) index.Entry {
+// get returns the entry of revision rev, extracting it again when the cached
+// one was extracted by another registration than generation (the
+// definition changed since: its values may no longer be the resource's).
+func (c *entryCache) get(rev, generation int64, compute func() index.Entry) index.Entry {
 	c.mu.Lock()
 	e, ok := c.entries[rev]
 	c.mu.Unlock()
-	if ok {
+	if ok && e.Generation == generation {
 		return e
 	}
 	e = compute()

@@ -1,6 +1,7 @@
 package datastore
 
 import (
+	"context"
 	"encoding/json"
 	"sync"
 	"testing"
@@ -223,5 +224,47 @@ func TestConvertedLabelsDuringReindex(t *testing.T) {
 			t.Fatalf("labels still unfiltered after the re-index: %v", keys)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// The watch filter's shared cache of extracted values does not outlive the
+// definition it was extracted under: a watch started after a new default
+// makes an object match receives it, even when an earlier watch cached the
+// object's values under the old definition.
+func TestWatchFilterFollowsDefinition(t *testing.T) {
+	s := store{dir: t.TempDir()}
+	a, marker := prefix+"ns/a", prefix+"ns/z"
+	registry := index.NewRegistry()
+	e := start(t, s, registry)
+	registry.Register(gadgets("v1", "", nil))
+	first, _ := e.client.Get(context.Background(), prefix+"none")
+	put(t, e.client, a, object("a", nil, ""))
+	put(t, e.client, marker, object("z", nil, "blue"))
+
+	watchFrom := func(rev int64) []string {
+		ctx, cancel := context.WithTimeout(selected(t, "", "spec.color=blue"), 20*time.Second)
+		defer cancel()
+		wch := e.client.Watch(clientv3.WithRequireLeader(ctx), prefix, clientv3.WithPrefix(), clientv3.WithPrevKV(), clientv3.WithRev(rev))
+		var got []string
+		for {
+			select {
+			case resp := <-wch:
+				for _, ev := range resp.Events {
+					got = append(got, string(ev.Kv.Key))
+					if string(ev.Kv.Key) == marker {
+						return got
+					}
+				}
+			case <-ctx.Done():
+				t.Fatalf("timed out; got %v", got)
+			}
+		}
+	}
+	if got := watchFrom(first.Header.Revision + 1); !equal(got, []string{marker}) {
+		t.Fatalf("under v1 (no default) a blue watch got %v, want only the marker", got)
+	}
+	registry.Register(gadgets("v2", "blue", nil))
+	if got := watchFrom(first.Header.Revision + 1); !equal(got, []string{a, marker}) {
+		t.Fatalf("under v2 (default blue) a blue watch got %v, want a and the marker", got)
 	}
 }
