@@ -33,14 +33,22 @@ func renderTool(t *testing.T) string {
 	return renderBin
 }
 
-// TestManifestIsRendered: the committed package/vcluster-kine-sqlite.yaml is
-// byte for byte what scripts/render-manifest renders now from the vCluster
-// chart (Go module) and package/vcluster-values.yaml.
+// TestManifestIsRendered: each committed manifest in package/ is byte for
+// byte what scripts/render-manifest renders now from the vCluster chart (Go
+// module) and its values file: the all-in-one manifest (0.30.0) and the
+// per-component one (0.36.1), which is also valid against 0.36.1's schema.
 func TestManifestIsRendered(t *testing.T) {
 	t.Parallel()
-	out, err := exec.Command(renderTool(t), "-root", repoRoot(t), "-check").CombinedOutput()
-	if err != nil {
-		t.Fatalf("render-manifest -check: %v\n%s", err, out)
+	tool := renderTool(t)
+	if out, err := exec.Command(tool, "-root", repoRoot(t), "-check").CombinedOutput(); err != nil {
+		t.Errorf("render-manifest -check: %v\n%s", err, out)
+	}
+	perComponent := []string{"-root", repoRoot(t), "-vcluster", "v0.36.1", "-values", "package/vcluster-0.36-per-component-values.yaml"}
+	if out, err := exec.Command(tool, append(perComponent, "-out", "package/vcluster-0.36-per-component.yaml", "-check")...).CombinedOutput(); err != nil {
+		t.Errorf("render-manifest -check (per-component, 0.36.1): %v\n%s", err, out)
+	}
+	if out, err := exec.Command(tool, append(perComponent, "-validate", "v0.36.1")...).CombinedOutput(); err != nil {
+		t.Errorf("render-manifest -validate v0.36.1 (per-component values): %v\n%s", err, out)
 	}
 }
 
