@@ -6,6 +6,7 @@ package apiserver
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"sync"
 	"time"
 
@@ -54,8 +55,9 @@ func FlagSet() (*options.ServerRunOptions, *pflag.FlagSet) {
 // New parses upstream kube-apiserver flags and builds the server chain
 // (apiextensions, core, aggregator). wrap, when not nil, is applied to the
 // storage of all of them: built-in resources, CRDs, custom resources and
-// APIServices.
-func New(ctx context.Context, args []string, wrap StorageWrapper) (*Server, error) {
+// APIServices. paths are served beside the API, behind its authentication
+// and authorization (as non-resource URLs).
+func New(ctx context.Context, args []string, wrap StorageWrapper, paths map[string]http.Handler) (*Server, error) {
 	s, fs := FlagSet()
 	if err := fs.Parse(args); err != nil {
 		return nil, fmt.Errorf("kube-apiserver: %w", err)
@@ -99,6 +101,9 @@ func New(ctx context.Context, args []string, wrap StorageWrapper) (*Server, erro
 	chain, err := app.CreateServerChain(cc)
 	if err != nil {
 		return nil, fmt.Errorf("kube-apiserver: %w", err)
+	}
+	for path, h := range paths {
+		chain.GenericAPIServer.Handler.NonGoRestfulMux.Handle(path, h)
 	}
 	prepared, err := chain.PrepareRun()
 	if err != nil {

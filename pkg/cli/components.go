@@ -184,7 +184,7 @@ func runAPIServer(args []string) error {
 	}
 	wrap := pushdown.Wrapper(pushdown.Options{Pushdown: pushdownOn, CacheCustomResources: cacheCRs, Registry: index.NewRegistry()})
 	return runUntilSignal(roleAPIServer, func(ctx context.Context) error {
-		srv, err := apiserver.New(ctx, args, wrap)
+		srv, err := apiserver.New(ctx, args, wrap, nil)
 		if err != nil {
 			return err
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/k3s-io/kine/pkg/tls"
@@ -19,18 +20,21 @@ func newDatastoreCommand() *cobra.Command {
 		Use:   "datastore",
 		Short: "Inspect a harikube datastore",
 	}
-	var dataDir, endpoint string
+	var dataDir, endpoint, kubeconfig string
 	var tlsFiles server.DatastoreTLS
 	check := &cobra.Command{
 		Use:   "check",
-		Short: "Verify offline that the label and field index agrees with the stored objects",
-		Long: "Verify offline that every stored object has its index entry, that no index entry " +
-			"outlives its object, and that indexed labels, names and namespaces are those of the " +
-			"stored value. The server must be stopped. Exits non-zero when a problem is found. " +
-			"Checks the data directory's SQLite database, or the database of --datastore-endpoint.",
+		Short: "Verify that the label and field index agrees with the stored objects",
+		Long: "Verify that every stored object has its index entry, that no index entry outlives " +
+			"its object, and that the indexed values are those of the stored value. With the server " +
+			"running, the check asks it (through its API, as cluster-admin) to recompute every indexed " +
+			"label and selectable field with the resource's current definition. With the server " +
+			"stopped, it reads the database itself and compares labels, names and namespaces. " +
+			"Exits non-zero when a problem is found. Checks the data directory's SQLite database, " +
+			"or the database of --datastore-endpoint.",
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			report, err := runCheck(dataDir, endpoint, tlsFiles)
+			report, err := runCheck(c.Context(), dataDir, endpoint, kubeconfig, tlsFiles)
 			if err != nil {
 				return err
 			}
@@ -46,20 +50,24 @@ func newDatastoreCommand() *cobra.Command {
 	check.Flags().StringVar(&tlsFiles.CAFile, "datastore-cafile", "", "the server's --datastore-cafile")
 	check.Flags().StringVar(&tlsFiles.CertFile, "datastore-certfile", "", "the server's --datastore-certfile")
 	check.Flags().StringVar(&tlsFiles.KeyFile, "datastore-keyfile", "", "the server's --datastore-keyfile")
+	check.Flags().StringVar(&kubeconfig, "kubeconfig", "", "a cluster-admin kubeconfig of the running server (default: <data-dir>/kubeconfig.yaml, then $KUBECONFIG)")
 	c.AddCommand(check)
 	return c
 }
 
-// runCheck checks the database of a stopped server: SQLite in dataDir (or
-// at a sqlite:// endpoint), or PostgreSQL.
-func runCheck(dataDir, endpoint string, t server.DatastoreTLS) (*datastore.CheckReport, error) {
-	ctx := context.Background()
+// runCheck checks a server's database: offline when the server is stopped,
+// through the server when it runs.
+func runCheck(ctx context.Context, dataDir, endpoint, kubeconfig string, t server.DatastoreTLS) (*datastore.CheckReport, error) {
 	scheme, dsn, _ := strings.Cut(endpoint, "://")
 	path := datastore.DatabasePath(dataDir)
 	switch scheme {
 	case "postgres", "postgresql":
-		// The database's writer lock keeps the server out while it runs.
-		return datastore.CheckPostgres(ctx, dsn, tls.Config{CAFile: t.CAFile, CertFile: t.CertFile, KeyFile: t.KeyFile})
+		// The database's writer lock tells whether a server runs on it.
+		report, err := datastore.CheckPostgres(ctx, dsn, tls.Config{CAFile: t.CAFile, CertFile: t.CertFile, KeyFile: t.KeyFile})
+		if errors.Is(err, datastore.ErrInUse) {
+			return checkOnline(ctx, checkKubeconfig(dataDir, kubeconfig))
+		}
+		return report, err
 	case "sqlite":
 		path, _, _ = strings.Cut(strings.TrimPrefix(dsn, "file:"), "?")
 	case "":
@@ -70,9 +78,24 @@ func runCheck(dataDir, endpoint string, t server.DatastoreTLS) (*datastore.Check
 		return nil, fmt.Errorf("no database at %s: %w; pass the server's --data-dir (and --datastore-endpoint)", path, err)
 	}
 	unlock, err := server.LockDataDir(dataDir)
+	if errors.Is(err, datastore.ErrInUse) {
+		return checkOnline(ctx, checkKubeconfig(dataDir, kubeconfig))
+	}
 	if err != nil {
-		return nil, fmt.Errorf("%w (the check needs the server stopped)", err)
+		return nil, err
 	}
 	defer unlock()
 	return datastore.CheckSQLite(ctx, path)
+}
+
+// checkKubeconfig picks the kubeconfig of the running server: the flag, the
+// data directory's admin kubeconfig, then $KUBECONFIG.
+func checkKubeconfig(dataDir, flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if path := filepath.Join(dataDir, "kubeconfig.yaml"); fileExists(path) {
+		return path
+	}
+	return os.Getenv("KUBECONFIG")
 }

@@ -76,6 +76,7 @@ type Datastore struct {
 	// DatabasePath is the SQLite file, when the datastore is SQLite.
 	DatabasePath string
 	wg           *sync.WaitGroup
+	checker      *checker // nil for the stock driver
 }
 
 // SocketPath is where the etcd API is served for a data directory.
@@ -124,11 +125,15 @@ func Start(ctx context.Context, opts Options) (*Datastore, error) {
 			ds.DatabasePath = path
 		}
 		if !opts.Unindexed {
+			if ds.DatabasePath != "" {
+				ds.checker = &checker{src: sqliteCheckSource(ds.DatabasePath), registry: opts.Registry}
+			}
 			dsn = withInstance(dsn, opts.Registry)
 			scheme = schemeSQLite
 		}
 	case "postgres", "postgresql":
 		if !opts.Unindexed {
+			ds.checker = &checker{src: postgresCheckSource(dsn, cfg.BackendTLSConfig), registry: opts.Registry}
 			dsn = withInstance(dsn, opts.Registry)
 			scheme = schemePostgres
 		}
@@ -145,6 +150,14 @@ func Start(ctx context.Context, opts Options) (*Datastore, error) {
 		return nil, fmt.Errorf("start datastore: %w", err)
 	}
 	ds.Endpoint = strings.Join(etcd.Endpoints, ",")
+	if ds.checker != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-ctx.Done()
+			ds.checker.close()
+		}()
+	}
 	return ds, nil
 }
 

@@ -33,6 +33,7 @@ const prefix = "/registry/widgets/"
 type env struct {
 	dir    string
 	client *clientv3.Client
+	ds     *Datastore
 	stop   func()
 }
 
@@ -87,7 +88,7 @@ func startWith(t testing.TB, opts Options) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{dir: dir, client: client}
+	e := &env{dir: dir, client: client, ds: ds}
 	stopped := false
 	e.stop = func() {
 		if stopped {

@@ -117,20 +117,34 @@ func migrateCoverage(ctx context.Context, db *sql.DB) error {
 // registrations: until a registration confirms a prefix, reads filter
 // nothing on it but labels, names and namespaces.
 func (ix *indexer) loadCoverage(ctx context.Context) error {
-	rows, err := ix.db.QueryContext(ctx, "SELECT prefix, fields, labels, converted, definition FROM "+coverageTable)
+	persisted, err := readCoverage(ctx, ix.db)
 	if err != nil {
-		return fmt.Errorf("read index coverage: %w", err)
+		return err
+	}
+	ix.persisted = persisted
+	return nil
+}
+
+// readCoverage reads the coverage table.
+func readCoverage(ctx context.Context, db querier) (map[string]stored, error) {
+	rows, err := db.QueryContext(ctx, "SELECT prefix, fields, labels, converted, definition FROM "+coverageTable)
+	if err != nil {
+		return nil, fmt.Errorf("read index coverage: %w", err)
 	}
 	defer rows.Close()
+	out := map[string]stored{}
 	for rows.Next() {
 		var prefix, fieldList, definition string
 		var labels, converted int
 		if err := rows.Scan(&prefix, &fieldList, &labels, &converted, &definition); err != nil {
-			return fmt.Errorf("read index coverage: %w", err)
+			return nil, fmt.Errorf("read index coverage: %w", err)
 		}
-		ix.persisted[prefix] = stored{coverage: coverage{fields: splitFields(fieldList), labels: labels != 0}, converted: converted != 0, definition: definition}
+		out[prefix] = stored{coverage: coverage{fields: splitFields(fieldList), labels: labels != 0}, converted: converted != 0, definition: definition}
 	}
-	return rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read index coverage: %w", err)
+	}
+	return out, nil
 }
 
 func splitFields(s string) map[string]bool {

@@ -204,9 +204,9 @@ func holdWriterLock(ctx context.Context, wg *sync.WaitGroup, c *pgx.ConnConfig) 
 	if !locked {
 		holder := lockHolder(ctx, conn)
 		conn.Close(ctx)
-		return fmt.Errorf("PostgreSQL database %q is in use by another harikube datastore%s: "+
+		return InUse(fmt.Sprintf("PostgreSQL database %q is in use by another harikube datastore%s: "+
 			"one server writes to a database at a time. Stop the other server, or give this one "+
-			"another database in its endpoint (e.g. postgres://…/%s-2)", c.Database, holder, c.Database)
+			"another database in its endpoint (e.g. postgres://…/%s-2)", c.Database, holder, c.Database))
 	}
 	wg.Add(1)
 	go func() {

@@ -95,7 +95,7 @@ func lockDataDir(dir string) (*dirLock, error) {
 			if pid == "" {
 				pid = "unknown"
 			}
-			return nil, fmt.Errorf("data directory %s is in use by another harikube server (pid %s); stop it or choose another --data-dir", dir, pid)
+			return nil, datastore.InUse(fmt.Sprintf("data directory %s is in use by another harikube server (pid %s); stop it or choose another --data-dir", dir, pid))
 		}
 		return nil, fmt.Errorf("lock data directory %s: %w", dir, err)
 	}

@@ -191,7 +191,11 @@ func Run(ctx context.Context, cfg Config) error {
 		own = append(own, "--encryption-provider-config="+path)
 	}
 	args := withUserArgs(withUserArgs(own, pkiArgs), cfg.APIServerArgs)
-	api, err := apiserver.New(apiCtx, args, wrap)
+	var paths map[string]http.Handler
+	if !cfg.UnindexedDatastore {
+		paths = map[string]http.Handler{CheckPath: checkHandler(ds)}
+	}
+	api, err := apiserver.New(apiCtx, args, wrap, paths)
 	if err != nil {
 		return err
 	}
