@@ -16,8 +16,6 @@ import (
 	"slices"
 	"time"
 
-	"k8s.io/client-go/dynamic"
-
 	"github.com/harikube/harikube/pkg/pglocal"
 )
 
@@ -37,11 +35,20 @@ type Options struct {
 	Workers int
 	// JSONPath receives the results as JSON; empty writes none.
 	JSONPath string
+	// ChartPath receives an SVG chart of the results; empty writes none.
+	ChartPath string
 	// WorkDir holds the temporary data directories (default: the system's
 	// temporary directory).
 	WorkDir string
 	// StartTimeout bounds a server's (or etcd's) start.
 	StartTimeout time.Duration
+	// Mixed is the mixed workload, run in each mode after the last size;
+	// a zero Duration skips it.
+	Mixed MixedOptions
+	// ProfileDir, when set, receives pprof profiles of each mode's server:
+	// the heap after each size and the CPU during seeding (and the mixed
+	// workload).
+	ProfileDir string
 	// Command is the command line, recorded in the results.
 	Command string
 	Out     io.Writer
@@ -64,6 +71,9 @@ type Result struct {
 	// sampled: the processes' own memory, without the executable's pages.
 	ServerPeakAnonBytes int64 `json:"server_peak_anon_bytes"`
 	EtcdPeakAnonBytes   int64 `json:"etcd_peak_anon_bytes,omitempty"`
+	// IdleAnonBytes is the server's RssAnon once it has started, with the
+	// CRD and no objects, after a few quiet seconds.
+	IdleAnonBytes int64 `json:"idle_anon_bytes"`
 	// DatabaseBytes is the size of the database files (SQLite with its WAL,
 	// or etcd's data directory) after the size was measured.
 	DatabaseBytes int64 `json:"database_bytes"`
@@ -85,8 +95,11 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		opts.Sizes, ModeNames(opts.Modes), opts.Repetition.Runs, opts.Repetition.Budget, opts.WatchSamples, opts.Workers)
 	var runErr error
 	for _, m := range opts.Modes {
-		results, err := runMode(ctx, opts, con, m)
+		results, mixed, err := runMode(ctx, opts, con, m)
 		rep.Results = append(rep.Results, results...)
+		if mixed != nil {
+			rep.Mixed = append(rep.Mixed, *mixed)
+		}
 		if err != nil {
 			runErr = fmt.Errorf("mode %s: %w", m.Name, err)
 			break
@@ -105,6 +118,12 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 			return rep, errors.Join(runErr, err)
 		}
 		con.printf("\nResults written to %s\n", opts.JSONPath)
+	}
+	if opts.ChartPath != "" {
+		if err := rep.WriteChartFile(opts.ChartPath); err != nil {
+			return rep, errors.Join(runErr, err)
+		}
+		con.printf("Chart written to %s\n", opts.ChartPath)
 	}
 	return rep, runErr
 }
@@ -132,6 +151,9 @@ func (o *Options) complete() error {
 	if o.Repetition.Runs < 1 {
 		o.Repetition.Runs = 1
 	}
+	if o.Mixed.Clients < 1 {
+		o.Mixed.Clients = 20
+	}
 	if o.Workers < 1 {
 		o.Workers = 1
 	}
@@ -147,22 +169,27 @@ func (o *Options) complete() error {
 // runMode starts a fresh server (and etcd) for a mode in a temporary
 // directory and measures each size in turn, growing the same data set;
 // then it stops the server and removes the directory.
-func runMode(ctx context.Context, opts Options, con *console, m Mode) (results []Result, err error) {
+func runMode(ctx context.Context, opts Options, con *console, m Mode) (results []Result, mixed *MixedResult, err error) {
 	begin := time.Now()
 	con.printf("\n[%s] %s\n", m.Name, m.Description)
 	dir, err := os.MkdirTemp(opts.WorkDir, "harikube-bench-"+m.Name+"-")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer os.RemoveAll(dir)
 
 	args := m.ServerArgs
+	prof := profiles{}
+	if opts.ProfileDir != "" {
+		prof = profiles{dir: opts.ProfileDir, mode: m.Name}
+		args = append(append([]string(nil), args...), profilingArg)
+	}
 	dbDir := filepath.Join(dir, "server", "db")
 	var etcd *process
 	var endpoint string
 	if m.Etcd {
 		if etcd, endpoint, err = startEtcd(ctx, opts.Binary, dir, opts.StartTimeout); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		defer func() {
 			if etcd != nil {
@@ -177,7 +204,7 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode) (results [
 	if m.Postgres {
 		pg, err := pglocal.Start("") // not under dir: the postgres user cannot enter it
 		if err != nil {
-			return nil, fmt.Errorf("start PostgreSQL: %w", err)
+			return nil, nil, fmt.Errorf("start PostgreSQL: %w", err)
 		}
 		defer pg.Stop()
 		args = append(append([]string(nil), args...), "--datastore-endpoint="+pg.DSN())
@@ -188,7 +215,7 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode) (results [
 	start := time.Now()
 	srv, err := startServer(ctx, opts.Binary, dir, args, opts.StartTimeout)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer func() {
 		if srv != nil {
@@ -198,35 +225,61 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode) (results [
 	startup := time.Since(start).Seconds()
 	con.printf("server ready in %.1fs (pid %d)\n", startup, srv.cmd.Process.Pid)
 	if err := createCRD(ctx, srv.client, time.Minute); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	idle, err := srv.idleAnon(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	con.printf("idle: anonymous RSS %s\n", mib(idle))
 
 	seeded := 0
 	for _, n := range opts.Sizes {
-		res := Result{Mode: m.Name, N: n, StartupSeconds: startup}
-		if err := measureSize(ctx, opts, con, srv.client, seeded, &res); err != nil {
-			return results, fmt.Errorf("N=%d: %w", n, err)
+		res := Result{Mode: m.Name, N: n, StartupSeconds: startup, IdleAnonBytes: idle}
+		if err := measureSize(ctx, opts, con, srv, prof, seeded, &res); err != nil {
+			return results, nil, fmt.Errorf("N=%d: %w", n, err)
 		}
 		seeded = n
 		if res.ServerPeakRSSBytes, err = srv.peakRSS(); err != nil {
-			return results, err
+			return results, nil, err
 		}
 		res.ServerPeakAnonBytes = srv.peakAnon.Load()
 		if etcd != nil {
 			if err := checkEtcdHolds(ctx, endpoint, n); err != nil {
-				return results, err
+				return results, nil, err
 			}
 			if res.EtcdPeakRSSBytes, err = etcd.peakRSS(); err != nil {
-				return results, err
+				return results, nil, err
 			}
 			res.EtcdPeakAnonBytes = etcd.peakAnon.Load()
 		}
+		if err := prof.heap(ctx, srv, n); err != nil {
+			return results, nil, err
+		}
 		if res.DatabaseBytes, err = dirSize(dbDir); err != nil {
-			return results, fmt.Errorf("database size: %w", err)
+			return results, nil, fmt.Errorf("database size: %w", err)
 		}
 		con.printf("N=%d: peak RSS %s (anonymous %s), database %s\n", n, mib(res.ServerPeakRSSBytes+res.EtcdPeakRSSBytes),
 			mib(res.ServerPeakAnonBytes+res.EtcdPeakAnonBytes), mib(res.DatabaseBytes))
 		results = append(results, res)
+	}
+
+	if opts.Mixed.Duration > 0 && len(results) > 0 {
+		cpu := func() (float64, error) {
+			total, err := cpuSeconds(srv.cmd.Process.Pid)
+			if err == nil && etcd != nil {
+				var e float64
+				e, err = cpuSeconds(etcd.cmd.Process.Pid)
+				total += e
+			}
+			return total, err
+		}
+		r, err := runMixed(ctx, opts.Mixed, con, srv, cpu, prof, seeded)
+		if err != nil {
+			return results, nil, fmt.Errorf("mixed workload: %w", err)
+		}
+		r.Mode = m.Name
+		mixed = &r
 	}
 
 	err = srv.stop(2 * time.Minute)
@@ -236,21 +289,26 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode) (results [
 		etcd = nil
 	}
 	if err != nil {
-		return results, err
+		return results, mixed, err
 	}
 	for i := range results {
 		results[i].Stopped = true
 	}
 	con.printf("[%s] stopped cleanly; %.0fs for this mode\n", m.Name, time.Since(begin).Seconds())
-	return results, nil
+	return results, mixed, nil
 }
 
 // measureSize grows the data set from seeded to res.N objects and measures
 // the LISTs and the WATCH at that size.
-func measureSize(ctx context.Context, opts Options, con *console, c dynamic.Interface, seeded int, res *Result) error {
+func measureSize(ctx context.Context, opts Options, con *console, srv *server, prof profiles, seeded int, res *Result) error {
 	con.printf("[%s, N=%d]\n", res.Mode, res.N)
+	c := srv.client
 	var err error
+	profiled := prof.cpu(ctx, srv, res.N, "seed", seedProfileLength(res.N-seeded))
 	if res.Create, err = seed(ctx, c, seeded, res.N, opts.Workers, con); err != nil {
+		return err
+	}
+	if err := profiled(); err != nil {
 		return err
 	}
 	for _, w := range Workloads() {
@@ -280,3 +338,27 @@ func (r Result) list(key string) (ListResult, bool) {
 	}
 	return ListResult{}, false
 }
+
+// seedProfileLength is a CPU profile's length that ends before seeding
+// does, at about 1,000 creates/s.
+func seedProfileLength(creates int) time.Duration {
+	return min(30*time.Second, time.Duration(creates)*time.Millisecond/2)
+}
+
+// idleAnon waits for the server to settle after its start and returns its
+// anonymous resident memory.
+func (s *server) idleAnon(ctx context.Context) (int64, error) {
+	select {
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-time.After(idleSettle):
+	}
+	m, err := readMemory(s.cmd.Process.Pid)
+	if err != nil {
+		return 0, fmt.Errorf("idle memory: %w", err)
+	}
+	return m.anon, nil
+}
+
+// idleSettle lets the controller manager finish its start-up syncs.
+const idleSettle = 10 * time.Second

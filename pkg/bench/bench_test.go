@@ -2,6 +2,8 @@ package bench
 
 import (
 	"bytes"
+	"encoding/xml"
+	"io"
 	"slices"
 	"strings"
 	"testing"
@@ -144,5 +146,74 @@ func TestTargetsAndTable(t *testing.T) {
 	r.Results = r.Results[:3]
 	if tg := speedupTarget(r); tg.Status != statusMissing || !strings.Contains(tg.Detail, "N=1000") {
 		t.Errorf("speedup target at 1000 only: %+v", tg)
+	}
+}
+
+// TestChartIsWellFormedSVGWithEverySeries renders the chart of a report
+// with three modes (one of them without the LIST figure at one size) and
+// checks that it parses as XML, is an SVG, and names both panels and every
+// mode in its legends.
+func TestChartIsWellFormedSVGWithEverySeries(t *testing.T) {
+	rep := &Report{Sizes: []int{1000, 10000, 100000}}
+	modes := []string{"harikube", "upstream", "etcd"}
+	for m, mode := range modes {
+		rep.Modes = append(rep.Modes, ModeInfo{Name: mode})
+		for i, n := range rep.Sizes {
+			p50 := float64((m+1)*(i+1)) * 1.5
+			if mode == "etcd" && n == 100000 {
+				p50 = 0 // not measured: left out of the log axis
+			}
+			rep.Results = append(rep.Results, Result{Mode: mode, N: n, ServerPeakRSSBytes: int64(300+100*m*i) << 20,
+				Lists: []ListResult{{Workload: chartWorkload, Latency: Latency{P50Ms: p50}}}})
+		}
+	}
+	var buf bytes.Buffer
+	if err := rep.WriteChart(&buf); err != nil {
+		t.Fatal(err)
+	}
+	dec := xml.NewDecoder(bytes.NewReader(buf.Bytes()))
+	var root string
+	var texts []string
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("chart is not well-formed XML: %v", err)
+		}
+		switch tok := tok.(type) {
+		case xml.StartElement:
+			if root == "" {
+				root = tok.Name.Local
+			}
+		case xml.CharData:
+			if s := strings.TrimSpace(string(tok)); s != "" {
+				texts = append(texts, s)
+			}
+		}
+	}
+	if root != "svg" {
+		t.Fatalf("root element %q, want svg", root)
+	}
+	count := func(s string) int {
+		n := 0
+		for _, text := range texts {
+			if text == s {
+				n++
+			}
+		}
+		return n
+	}
+	for _, title := range []string{chartListTitle, chartRSSTitle} {
+		if count(title) != 1 {
+			t.Errorf("panel title %q appears %d times in %q", title, count(title), texts)
+		}
+	}
+	for _, mode := range modes {
+		// One legend entry per panel.
+		if count(mode) != 2 {
+			t.Errorf("mode %q appears %d times in the legends, want 2", mode, count(mode))
+		}
 	}
 }

@@ -23,7 +23,9 @@ type Report struct {
 	WatchSamples int        `json:"watch_samples"`
 	Workers      int        `json:"seeding_clients"`
 	Results      []Result   `json:"results"`
-	Targets      []Target   `json:"targets,omitempty"`
+	// Mixed is the mixed workload in each mode.
+	Mixed   []MixedResult `json:"mixed,omitempty"`
+	Targets []Target      `json:"targets,omitempty"`
 	// Error is set when the run failed; Results hold what finished.
 	Error string `json:"error,omitempty"`
 }
@@ -118,6 +120,9 @@ func (r *Report) WriteText(w io.Writer) {
 		rows = append(rows, r.single("peak anonymous RSS, MiB", modes, n, func(res Result) float64 {
 			return float64(res.ServerPeakAnonBytes+res.EtcdPeakAnonBytes) / (1 << 20)
 		}))
+		rows = append(rows, r.single("idle anonymous RSS (no objects), MiB", modes, n, func(res Result) float64 {
+			return float64(res.IdleAnonBytes) / (1 << 20)
+		}))
 		rows = append(rows, r.single("database on disk, MiB", modes, n, func(res Result) float64 { return float64(res.DatabaseBytes) / (1 << 20) }))
 		rows = append(rows, r.single("server start, s", modes, n, func(res Result) float64 { return res.StartupSeconds }))
 		writeTable(w, rows)
@@ -129,6 +134,7 @@ func (r *Report) WriteText(w io.Writer) {
 		}
 		fmt.Fprintln(w)
 	}
+	r.writeMixed(w)
 	if len(r.Targets) > 0 {
 		fmt.Fprintln(w, "Targets (reported, not enforced):")
 		for _, t := range r.Targets {
@@ -229,3 +235,38 @@ func ratio(v float64) string {
 }
 
 func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
+
+// writeMixed prints the mixed workload's table, a column per mode.
+func (r *Report) writeMixed(w io.Writer) {
+	if len(r.Mixed) == 0 {
+		return
+	}
+	m0 := r.Mixed[0]
+	fmt.Fprintf(w, "Mixed workload: %d clients for %.0f s, each creating a cluster-scoped custom resource (CRD schema of %d properties) and LISTing it by label name=<its name>; (×) is the value divided by %s's\n",
+		m0.Clients, m0.Seconds, m0.PropertiesInSchema, m0.Mode)
+	header := []string{"mixed workload"}
+	for _, m := range r.Mixed {
+		header = append(header, m.Mode)
+	}
+	rows := [][]string{header}
+	add := func(title string, get func(MixedResult) float64) {
+		row := []string{title}
+		base := get(m0)
+		for i, m := range r.Mixed {
+			cell := num(get(m))
+			if i > 0 && base > 0 {
+				cell += " (" + ratio(get(m)/base) + ")"
+			}
+			row = append(row, cell)
+		}
+		rows = append(rows, row)
+	}
+	add("requests/s", func(m MixedResult) float64 { return m.PerSecond })
+	add("p50, ms (all requests)", func(m MixedResult) float64 { return m.All.P50Ms })
+	add("p95, ms (all requests)", func(m MixedResult) float64 { return m.All.P95Ms })
+	add("create p50, ms", func(m MixedResult) float64 { return m.Creates.P50Ms })
+	add("LIST by label p50, ms", func(m MixedResult) float64 { return m.Lists.P50Ms })
+	add("server CPU s per 1,000 requests", func(m MixedResult) float64 { return m.CPUSecondsPer1000 })
+	writeTable(w, rows)
+	fmt.Fprintln(w)
+}

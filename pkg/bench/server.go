@@ -19,6 +19,9 @@ type server struct {
 	*process
 	dataDir string
 	client  dynamic.Interface
+	// http reaches the server's other endpoints (/debug/pprof) as the admin.
+	http *http.Client
+	host string
 }
 
 // startServer runs `bin server` on a free loopback port and waits until its
@@ -86,6 +89,7 @@ func (s *server) connect(ctx context.Context, kubeconfig string) (func() error, 
 		return nil, err
 	}
 	hc := &http.Client{Transport: rt, Timeout: 5 * time.Second}
+	s.http, s.host = &http.Client{Transport: rt}, rc.Host
 	return func() error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, rc.Host+"/readyz", nil)
 		if err != nil {

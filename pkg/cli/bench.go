@@ -54,6 +54,9 @@ where PostgreSQL is not installed).`,
 			for _, why := range skipped {
 				fmt.Fprintf(c.ErrOrStderr(), "skipping mode %s\n", why)
 			}
+			if quick && !c.Flags().Changed("mixed-duration") {
+				opts.Mixed.Duration = 10 * time.Second
+			}
 			opts.Binary = binary
 			opts.Out = c.OutOrStdout()
 			opts.Command = strings.Join(os.Args, " ")
@@ -69,11 +72,15 @@ where PostgreSQL is not installed).`,
 	f.StringVar(&sizes, "sizes", "", "comma-separated numbers of objects, e.g. 1000,5000 (overrides --quick)")
 	f.StringVar(&modes, "modes", "all", "comma-separated modes: "+strings.Join(bench.ModeNames(bench.Modes), ","))
 	f.StringVar(&opts.JSONPath, "json", "bench-results.json", "write the results as JSON to this file (empty: none)")
+	f.StringVar(&opts.ChartPath, "chart", "bench-results.svg", "write an SVG chart (selective LIST p50 and peak RSS against N, per mode) to this file (empty: none)")
 	f.IntVar(&opts.Repetition.Runs, "repeat", 20, "timed runs of each LIST (a fast first run is an untimed warm-up)")
 	f.DurationVar(&opts.Repetition.Budget, "budget", 5*time.Second, "stop timing a LIST after this long (a slower LIST is timed once)")
 	f.IntVar(&opts.WatchSamples, "watch-samples", opts.WatchSamples, "timed watch events")
 	f.IntVar(&opts.Workers, "workers", opts.Workers, "concurrent clients seeding the objects")
 	f.StringVar(&opts.WorkDir, "work-dir", "", "parent of the temporary data directories (default: the system temp dir)")
+	f.DurationVar(&opts.Mixed.Duration, "mixed-duration", 20*time.Second, "how long the mixed workload runs in each mode (10s with --quick; 0 skips it)")
+	f.IntVar(&opts.Mixed.Clients, "mixed-clients", 20, "concurrent clients of the mixed workload")
+	f.StringVar(&opts.ProfileDir, "profile-dir", "", "save pprof profiles of each server here: heap after each size, CPU while seeding (go tool pprof reads them)")
 	f.StringVar(&binary, "binary", "", "harikube binary to run the servers with (default: this one)")
 	_ = f.MarkHidden("binary")
 	c.AddCommand(newBenchEtcdCommand())
