@@ -218,6 +218,9 @@ func checkPage(ctx context.Context, c checkDB, r *CheckReport, after, limit int6
 	if !more {
 		upTo = math.MaxInt64
 	}
+	if err := checkSuperseded(ctx, c, r, after, upTo); err != nil {
+		return 0, false, err
+	}
 	rows, err = db.QueryContext(ctx, c.sql(orphans), after, upTo, after, upTo)
 	if err != nil {
 		return 0, false, fmt.Errorf("look for orphaned index rows: %w", err)

@@ -24,6 +24,7 @@ import (
 	"github.com/k3s-io/kine/pkg/logstructured/sqllog"
 	"github.com/k3s-io/kine/pkg/server"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sirupsen/logrus"
 
 	"github.com/harikube/harikube/pkg/index"
 	"github.com/harikube/harikube/pkg/selectorsql"
@@ -275,6 +276,9 @@ type database struct {
 // newIndexedBackend puts the index beside kine's tables of an opened
 // database and returns the backend kine's gRPC server will serve.
 func newIndexedBackend(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Config, g *generic.Generic, registry *index.Registry, db database) (server.Backend, error) {
+	if err := addSupersededColumn(ctx, g.DB); err != nil {
+		return nil, fmt.Errorf("create index schema: %w", err)
+	}
 	for _, stmt := range append(db.schema, coverageSchema) {
 		if _, err := g.DB.ExecContext(ctx, stmt); err != nil {
 			return nil, fmt.Errorf("create index schema: %w", err)
@@ -297,6 +301,11 @@ func newIndexedBackend(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Con
 		return nil, fmt.Errorf("index existing rows: %w", err)
 	}
 	idx.registry.Watch(func(res index.Resource) { idx.register(ctx, res) })
+	go func() {
+		if err := idx.markSuperseded(ctx); err != nil && ctx.Err() == nil {
+			logrus.Warnf("Index rows from before this version stay unmarked (reads visit their history) until the next start: %v", err)
+		}
+	}()
 	d := &dialect{Generic: g, idx: idx, gate: gate, param: db.param, numbered: db.numbered}
 	log := sqllog.New(d, wg, cfg)
 	return &backend{Backend: logstructured.New(log), log: log, committed: &d.committed, idx: idx, cache: newEntryCache()}, nil

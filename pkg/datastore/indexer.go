@@ -410,6 +410,11 @@ func (ix *indexer) writeBatch(ctx context.Context, batch []storedRow, entries []
 				return err
 			}
 		}
+		// The rewritten rows lost their superseded marks; kine's rows
+		// give them back.
+		if _, err := x.ExecContext(ctx, ix.sql(selectorsql.MarkSupersededSQL), batch[0].id-1, batch[len(batch)-1].id); err != nil {
+			return fmt.Errorf("reindex: mark superseded rows: %w", err)
+		}
 		if err := x.Commit(); err != nil {
 			return fmt.Errorf("commit reindex: %w", err)
 		}

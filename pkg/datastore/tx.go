@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/k3s-io/kine/pkg/server"
@@ -120,6 +121,13 @@ func (t *tx) Insert(ctx context.Context, key string, created, deleted bool, prev
 		}
 	}
 	t.inserted = max(t.inserted, id)
+	if previousRevision != 0 {
+		// The insert succeeded only if previousRevision is the key's newest
+		// row: from now on it is superseded by this one.
+		if _, err := t.x.ExecContext(ctx, t.d.supersedeSQL(), id, previousRevision, key); err != nil {
+			return 0, fmt.Errorf("mark revision %d superseded: %w", previousRevision, err)
+		}
+	}
 	if deleted {
 		// Tombstones are never returned by a filtered read.
 		return id, nil

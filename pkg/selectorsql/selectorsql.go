@@ -26,6 +26,11 @@ const (
 	// IndexTable has one row per label (kind 'l') and per field (kind 'f')
 	// of every decoded kine row, keyed by the kine row id (its revision).
 	IndexTable = "harikube_index"
+	// SupersededColumn of an index row is the id of its key's next
+	// revision, or NULL while the row is its key's newest or not yet
+	// marked. A mark is never below the true next revision: a read may
+	// visit a row it need not (a superset), never skip one it needs.
+	SupersededColumn = "superseded_by"
 
 	KindLabel = "l"
 	KindField = "f"
@@ -232,9 +237,16 @@ type Filter struct {
 	DriveArgs []any
 }
 
-// Translate renders sel for rows in r. It never fails: requirements it cannot
-// render exactly are left out. allRowsIndexed is Request.AllRowsIndexed.
+// Translate renders sel for rows in r at the current revision. It never
+// fails: requirements it cannot render exactly are left out. allRowsIndexed
+// is Request.AllRowsIndexed.
 func Translate(s selection.Selection, fieldIndexed func(string) bool, r Range, allRowsIndexed bool) Filter {
+	return translate(Request{Selection: s, FieldIndexed: fieldIndexed, Range: r, AllRowsIndexed: allRowsIndexed})
+}
+
+// translate renders the request's selection for its range and revision.
+func translate(req Request) Filter {
+	s, fieldIndexed, r, allRowsIndexed := req.Selection, req.FieldIndexed, req.Range, req.AllRowsIndexed
 	var terms []term
 	for _, req := range s.Labels {
 		if t, ok := labelTerm(req); ok {
@@ -266,25 +278,41 @@ func Translate(s selection.Selection, fieldIndexed func(string) bool, r Range, a
 		if t.drive == "" {
 			continue
 		}
-		d := t.drive
 		// Rows without an index entry at all (written before the index
 		// existed, kine's own rows) are candidates too, as in Where —
 		// unless the caller promises there are none.
 		unmarked := " UNION ALL SELECT u.id AS id FROM kine AS u WHERE NOT EXISTS (SELECT 1 FROM " + RowsTable + " AS r WHERE r.id = u.id)"
+		keyRange := ""
 		var rangeArgs []any
 		switch {
 		case r.Start == "":
 		case r.End == "":
-			d += " AND i.key = ?"
+			keyRange = " AND i.key = ?"
 			unmarked += " AND u.name = ?"
 			rangeArgs = []any{r.Start}
 		default:
-			d += " AND i.key >= ? AND i.key < ?"
+			keyRange = " AND i.key >= ? AND i.key < ?"
 			unmarked += " AND u.name >= ? AND u.name < ?"
 			rangeArgs = []any{r.Start, r.End}
 		}
-		f.Drive = d + " UNION ALL SELECT r.id AS id FROM " + RowsTable + " AS r WHERE r.decoded = 0"
-		f.DriveArgs = append(append([]any{}, t.driveArgs...), rangeArgs...)
+		// A row is its key's newest at revision R when it is at or before
+		// R and its key's next revision (if marked) comes after R: rows
+		// still current, and at an older R those superseded since.
+		// Unmarked rows count as current; the newest-row check in from
+		// drops what they over-include.
+		current := " AND i." + SupersededColumn + " IS NULL"
+		var revArgs []any
+		if req.Revision > 0 {
+			current += " AND i.id <= ?"
+			revArgs = []any{req.Revision}
+		}
+		f.Drive = t.drive + current + keyRange
+		f.DriveArgs = append(append(append([]any{}, t.driveArgs...), revArgs...), rangeArgs...)
+		if req.Revision > 0 {
+			f.Drive += " UNION ALL " + t.drive + " AND i." + SupersededColumn + " > ? AND i.id <= ?" + keyRange
+			f.DriveArgs = append(append(append(f.DriveArgs, t.driveArgs...), req.Revision, req.Revision), rangeArgs...)
+		}
+		f.Drive += " UNION ALL SELECT r.id AS id FROM " + RowsTable + " AS r WHERE r.decoded = 0"
 		if !allRowsIndexed {
 			f.Drive += unmarked
 			f.DriveArgs = append(f.DriveArgs, rangeArgs...)
@@ -336,7 +364,7 @@ func from(b *builder, req Request, f Filter) {
 // compact revision, then the row columns (and value unless KeysOnly), with a
 // single all-NULL row when nothing matches so the revisions still arrive.
 func List(req Request) Query {
-	f := Translate(req.Selection, req.FieldIndexed, req.Range, req.AllRowsIndexed)
+	f := translate(req)
 	cols, nullCols := columns, nulls
 	if !req.KeysOnly {
 		cols += ", kv.value"
@@ -380,7 +408,7 @@ func List(req Request) Query {
 // Count renders a COUNT over the same rows List would return without a
 // limit; it selects current revision, compact revision and the count.
 func Count(req Request) Query {
-	f := Translate(req.Selection, req.FieldIndexed, req.Range, req.AllRowsIndexed)
+	f := translate(req)
 	var b builder
 	if f.Drive != "" {
 		b.write("WITH ")
