@@ -15,7 +15,8 @@ import (
 
 // TestPostgresPlanForSelectiveList: with 100,000 objects, a one-match
 // label or field selector is answered from the indexes — PostgreSQL plans no
-// sequential scan of the kine table or the index table.
+// sequential scan of the kine table or the index table, at the current
+// revision or an older one.
 func TestPostgresPlanForSelectiveList(t *testing.T) {
 	pg := pgserver.Start(t)
 	s := store{dir: t.TempDir(), endpoint: pg.DSN()}
@@ -43,10 +44,15 @@ func TestPostgresPlanForSelectiveList(t *testing.T) {
 		} else {
 			sel = selection.FromSelectors(labels.Everything(), fields.ParseSelectorOrDie(tc.field))
 		}
-		for _, q := range []selectorsql.Query{
-			selectorsql.List(selectorsql.Request{Range: selectorsql.Range{Start: widgets, End: prefixEnd(widgets)}, Limit: 501, Selection: sel, FieldIndexed: func(string) bool { return true }, AllRowsIndexed: true}),
-			selectorsql.Count(selectorsql.Request{Range: selectorsql.Range{Start: widgets, End: prefixEnd(widgets)}, Selection: sel, FieldIndexed: func(string) bool { return true }, AllRowsIndexed: true}),
-		} {
+		var queries []selectorsql.Query
+		// At the current revision and at an exact older one (which also
+		// reads the rows superseded since).
+		for _, rev := range []int64{0, 50000} {
+			queries = append(queries,
+				selectorsql.List(selectorsql.Request{Range: selectorsql.Range{Start: widgets, End: prefixEnd(widgets)}, Revision: rev, Limit: 501, Selection: sel, FieldIndexed: func(string) bool { return true }, AllRowsIndexed: true}),
+				selectorsql.Count(selectorsql.Request{Range: selectorsql.Range{Start: widgets, End: prefixEnd(widgets)}, Revision: rev, Selection: sel, FieldIndexed: func(string) bool { return true }, AllRowsIndexed: true}))
+		}
+		for _, q := range queries {
 			rows, err := db.Query("EXPLAIN "+query.New(q.SQL, "$", true, "").Query, q.Args...)
 			if err != nil {
 				t.Fatal(err)
