@@ -156,6 +156,17 @@ func testDefinitionChanges(t *testing.T, datastoreArgs []string) {
 		})
 	}
 
+	// Once re-indexed, every indexed value is what the definition as it is
+	// now computes (the running server recomputes them all).
+	check := append([]string{"datastore", "check", "--data-dir", s.DataDir}, datastoreArgs...)
+	pollUntil(t, "a check with every resource re-indexed", func(context.Context) bool {
+		out, code := s.Run(t, check...)
+		if code != 0 {
+			t.Fatalf("datastore check after the definition changes: exit %d\n%s", code, out)
+		}
+		return !strings.Contains(out, "being re-indexed") && strings.Contains(out, "recomputed from the current definitions")
+	})
+
 	// Upstream behaviour on the same data: every selector answers the same.
 	want := gizmoAnswers(t, s.Config, []string{"v1", "v2"})
 	s.Stop(t)

@@ -11,8 +11,8 @@ import (
 
 // TestPostgresOneServerPerDatabase: a second harikube server on the
 // database of a running one exits at start with a message naming the
-// database; `datastore check` refuses to run beside the server and passes
-// once it has stopped.
+// database; `datastore check` goes through the running server, and reads
+// the database itself once it has stopped.
 func TestPostgresOneServerPerDatabase(t *testing.T) {
 	pg := pgserver.Start(t)
 	dsn := pg.DSN()
@@ -24,9 +24,15 @@ func TestPostgresOneServerPerDatabase(t *testing.T) {
 		t.Fatalf("second server on the same database: exit %d\n%s", code, out)
 	}
 
-	out, code = runBinary(t, "datastore", "check", "--datastore-endpoint="+dsn)
-	if code == 0 || !strings.Contains(out, "the check needs the server stopped") {
-		t.Fatalf("datastore check beside the server: exit %d\n%s", code, out)
+	// Beside the running server the check goes through it, and so needs
+	// its kubeconfig.
+	out, code = runBinary(t, "datastore", "check", "--datastore-endpoint="+dsn, "--data-dir", t.TempDir())
+	if code == 0 || !strings.Contains(out, "the server is running and no kubeconfig was found to reach it: pass --kubeconfig") {
+		t.Fatalf("datastore check beside the server, no kubeconfig: exit %d\n%s", code, out)
+	}
+	out, code = runBinary(t, "datastore", "check", "--datastore-endpoint="+dsn, "--kubeconfig", first.Kubeconfig)
+	if code != 0 || !strings.HasPrefix(out, "ok: ") || !strings.Contains(out, "recomputed from the current definitions") {
+		t.Fatalf("datastore check through the server: exit %d\n%s", code, out)
 	}
 	if code := first.Stop(t); code != 0 {
 		t.Fatalf("stop exit code %d", code)
