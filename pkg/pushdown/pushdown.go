@@ -195,7 +195,19 @@ func (g *getter) customResourceIndex(res index.Resource, newFunc func() runtime.
 	res.Definition = crdDefinition(crd, version)
 	res.Mutable = true
 	res.LabelsConverted = webhook
+	if !webhook && !hasSelectableFields(crd, version) {
+		res.Extract = metadataOnly(res.Extract)
+	}
 	return res, trustAll
+}
+
+func hasSelectableFields(crd *apiextensionsv1.CustomResourceDefinition, version string) bool {
+	for _, v := range crd.Spec.Versions {
+		if v.Name == version {
+			return len(v.SelectableFields) > 0
+		}
+	}
+	return false
 }
 
 func storageVersion(crd *apiextensionsv1.CustomResourceDefinition) string {
