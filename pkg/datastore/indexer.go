@@ -304,12 +304,54 @@ func (ix *indexer) insertIndexSQL(rows int) string {
 // harikube managed this database, by stock kine. It runs before the
 // datastore serves, so no write can commit behind it.
 func (ix *indexer) backfill(ctx context.Context) error {
-	q := ix.sql(fmt.Sprintf("SELECT kv.id, kv.name, kv.value FROM kine AS kv WHERE kv.id > ? AND kv.deleted = 0 AND NOT EXISTS (SELECT 1 FROM %s AS r WHERE r.id = kv.id) ORDER BY kv.id LIMIT %d", selectorsql.RowsTable, ix.batchRows))
+	unindexed := fmt.Sprintf("FROM kine AS kv WHERE kv.id > ? AND kv.deleted = 0 AND NOT EXISTS (SELECT 1 FROM %s AS r WHERE r.id = kv.id)", selectorsql.RowsTable)
+	if err := ix.distrustBackfilled(ctx, ix.sql("SELECT DISTINCT kv.name "+unindexed)); err != nil {
+		return err
+	}
+	q := ix.sql(fmt.Sprintf("SELECT kv.id, kv.name, kv.value %s ORDER BY kv.id LIMIT %d", unindexed, ix.batchRows))
 	total, err := ix.reindexRows(ctx, q, nil, nil, ix.registry.Extract)
 	if total > 0 {
 		logrus.Infof("Indexed %d existing rows", total)
 	}
 	return err
+}
+
+// distrustBackfilled withdraws the recorded definition of every prefix
+// that has rows to backfill: the backfill runs before the apiserver
+// registers extractors, so it indexes metadata only, and a registration
+// must not trust the prefix's other fields until it has re-indexed them.
+// The coverage changes first, so a crash between the two cannot leave
+// metadata-only rows under a trusted definition.
+func (ix *indexer) distrustBackfilled(ctx context.Context, keys string) error {
+	rows, err := ix.db.QueryContext(ctx, keys, 0)
+	if err != nil {
+		return fmt.Errorf("find rows to index: %w", err)
+	}
+	distrust := map[string]bool{}
+	for rows.Next() {
+		var key string
+		if err := rows.Scan(&key); err != nil {
+			rows.Close()
+			return fmt.Errorf("find rows to index: %w", err)
+		}
+		for prefix, s := range ix.persisted {
+			if s.definition != "" && strings.HasPrefix(key, prefix) {
+				distrust[prefix] = true
+			}
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("find rows to index: %w", err)
+	}
+	for prefix := range distrust {
+		s := ix.persisted[prefix]
+		s.definition = ""
+		if err := ix.storeCoverage(ctx, prefix, s); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 type storedRow struct {

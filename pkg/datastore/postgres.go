@@ -235,7 +235,15 @@ func lockHolder(ctx context.Context, conn *pgx.Conn) string {
 // loudly if it is lost (the PostgreSQL server restarted, the session was
 // terminated): another server could then take the database.
 func watchWriterLock(ctx context.Context, conn *pgx.Conn, database string) {
-	defer conn.Close(context.WithoutCancel(ctx))
+	defer func() {
+		// Unlock before closing: the server drops a closed session's locks
+		// only when its backend has exited, which a start or check right
+		// after this one could otherwise beat.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_, _ = conn.Exec(ctx, "SELECT pg_advisory_unlock($1)", int64(writerLockKey))
+		conn.Close(ctx)
+	}()
 	for {
 		select {
 		case <-ctx.Done():
