@@ -45,6 +45,9 @@ type Options struct {
 	// Mixed is the mixed workload, run in each mode after the last size;
 	// a zero Duration skips it.
 	Mixed MixedOptions
+	// History is the history workload, run in each mode after the last
+	// size; zero Objects skips it.
+	History HistoryOptions
 	// ProfileDir, when set, receives pprof profiles of each mode's server:
 	// the heap after each size and the CPU during seeding (and the mixed
 	// workload).
@@ -80,6 +83,8 @@ type Result struct {
 	// Stopped is true when the mode's server (and etcd) exited 0 on
 	// SIGTERM at the end.
 	Stopped bool `json:"stopped"`
+	// History is the history workload, on the last size's result.
+	History *HistoryResult `json:"history,omitempty"`
 }
 
 // Run measures every mode at every size. A server that fails, or a LIST
@@ -280,6 +285,15 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode) (results [
 		}
 		r.Mode = m.Name
 		mixed = &r
+	}
+
+	if opts.History.Objects > 0 && len(results) > 0 {
+		h, err := runHistory(ctx, opts.History, opts.Repetition, opts.Workers, con, srv.client)
+		if err != nil {
+			return results, mixed, fmt.Errorf("history workload: %w", err)
+		}
+		h.Mode = m.Name
+		results[len(results)-1].History = &h
 	}
 
 	err = srv.stop(2 * time.Minute)

@@ -71,27 +71,40 @@ func measureList(ctx context.Context, c dynamic.Interface, w Workload, n int, re
 	want := w.Expected(n)
 	res := ListResult{Workload: w.Key, Title: w.Title, LabelSelector: w.LabelSelector, FieldSelector: w.FieldSelector,
 		Limit: w.Limit, Expected: len(want)}
-	var samples []time.Duration
-	start := time.Now()
-	for run := 0; ; run++ {
+	lat, err := timeRuns(rep, func() (time.Duration, error) {
 		d, names, pages, err := list(ctx, c, w)
 		if err != nil {
-			return res, fmt.Errorf("%s: %w", w.Title, err)
+			return 0, fmt.Errorf("%s: %w", w.Title, err)
 		}
 		if err := checkNames(names, want); err != nil {
-			return res, fmt.Errorf("%s: wrong result: %w", w.Title, err)
+			return 0, fmt.Errorf("%s: wrong result: %w", w.Title, err)
 		}
 		res.Got, res.Pages = len(names), pages
-		if run == 0 && d < rep.Budget/20 {
+		return d, nil
+	})
+	res.Latency = lat
+	return res, err
+}
+
+// timeRuns times run as rep says: a first run faster than a twentieth of
+// the budget is an untimed warm-up, then up to rep.Runs runs within the
+// budget. An error of any run is returned.
+func timeRuns(rep Repetition, run func() (time.Duration, error)) (Latency, error) {
+	var samples []time.Duration
+	start := time.Now()
+	for i := 0; ; i++ {
+		d, err := run()
+		if err != nil {
+			return Latency{}, err
+		}
+		if i == 0 && d < rep.Budget/20 {
 			continue
 		}
 		samples = append(samples, d)
 		if len(samples) >= rep.Runs || time.Since(start) >= rep.Budget {
-			break
+			return summarize(samples), nil
 		}
 	}
-	res.Latency = summarize(samples)
-	return res, nil
 }
 
 // list runs the workload's LIST, following continue tokens, and returns

@@ -135,6 +135,7 @@ func (r *Report) WriteText(w io.Writer) {
 		fmt.Fprintln(w)
 	}
 	r.writeMixed(w)
+	r.writeHistory(w)
 	if len(r.Targets) > 0 {
 		fmt.Fprintln(w, "Targets (reported, not enforced):")
 		for _, t := range r.Targets {

@@ -24,7 +24,10 @@ func newBenchCommand() *cobra.Command {
 		Long: `Runs a fresh 'harikube server' for each mode and size, seeds N custom resources (1 KiB each)
 with concurrent clients, times selective LISTs by label and field (with and without paging),
 a paginated LIST of everything, a label-selector WATCH and creates, checks every LIST result,
-and prints a table per size and the issue's targets. A wrong result fails the run.
+and prints a table per size and the issue's targets. A wrong result fails the run. After the
+last size, the history workload changes all but 10 of --history-objects tasks from
+phase=pending to done and times the LIST of the pending ones (current, resourceVersion=0, an
+exact older resourceVersion, paged) against the same LIST by a label and field that never changed.
 
 Modes: harikube (defaults), no-pushdown, upstream (watch cache, no pushdown), etcd (a real
 etcd behind the same apiserver), kine-stock (Kine's own SQLite driver, no index), postgres
@@ -57,6 +60,9 @@ where PostgreSQL is not installed).`,
 			if quick && !c.Flags().Changed("mixed-duration") {
 				opts.Mixed.Duration = 10 * time.Second
 			}
+			if quick && !c.Flags().Changed("history-objects") {
+				opts.History.Objects = 5000
+			}
 			opts.Binary = binary
 			opts.Out = c.OutOrStdout()
 			opts.Command = strings.Join(os.Args, " ")
@@ -80,6 +86,7 @@ where PostgreSQL is not installed).`,
 	f.StringVar(&opts.WorkDir, "work-dir", "", "parent of the temporary data directories (default: the system temp dir)")
 	f.DurationVar(&opts.Mixed.Duration, "mixed-duration", 20*time.Second, "how long the mixed workload runs in each mode (10s with --quick; 0 skips it)")
 	f.IntVar(&opts.Mixed.Clients, "mixed-clients", 20, "concurrent clients of the mixed workload")
+	f.IntVar(&opts.History.Objects, "history-objects", 20000, "tasks of the history workload, all but 10 changed once (5000 with --quick; 0 skips it)")
 	f.StringVar(&opts.ProfileDir, "profile-dir", "", "save pprof profiles of each server here: heap after each size, CPU while seeding (go tool pprof reads them)")
 	f.StringVar(&binary, "binary", "", "harikube binary to run the servers with (default: this one)")
 	_ = f.MarkHidden("binary")
