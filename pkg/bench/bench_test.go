@@ -126,7 +126,7 @@ func TestTargetsAndTable(t *testing.T) {
 		fakeResult("kine-stock", 100000, 700, 1000, 900<<20),
 	}
 	r.Targets = evaluateTargets(r)
-	want := []string{statusMet, statusMet, statusMissed, statusMet}
+	want := []string{statusMet, statusMet, statusMissed, statusMet, statusMissing}
 	for i, tg := range r.Targets {
 		if tg.Status != want[i] {
 			t.Errorf("target %q: %s (%s), want %s", tg.Name, tg.Status, tg.Detail, want[i])

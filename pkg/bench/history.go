@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -306,4 +307,42 @@ func (r *Report) writeHistory(w io.Writer) {
 	}
 	writeTable(w, append(rows, row))
 	fmt.Fprintln(w)
+}
+
+// historyGoal is the bound on a selective LIST by a value with
+// history, against the same LIST by a value without, at historyTargetN.
+const (
+	historyGoal    = 2.0
+	historyTargetN = 20000
+)
+
+// historyTarget: in the indexed modes (harikube, postgres), every history
+// LIST within historyGoal of its no-history twin.
+func historyTarget(r *Report) Target {
+	t := Target{Name: fmt.Sprintf("selective LIST with history (%d changed objects) within %.0f× of the same LIST without (harikube, postgres)", historyTargetN, historyGoal)}
+	var details []string
+	measured, ok := false, true
+	for _, res := range r.Results {
+		h := res.History
+		if h == nil || (res.Mode != "harikube" && res.Mode != "postgres") {
+			continue
+		}
+		worst := HistoryList{}
+		for _, l := range h.Lists {
+			if l.Ratio >= worst.Ratio {
+				worst = l
+			}
+		}
+		details = append(details, fmt.Sprintf("%s at %d: worst %s (%s)", res.Mode, h.Objects, ratio(worst.Ratio), worst.Title))
+		if h.Objects >= historyTargetN {
+			measured = true
+			ok = ok && worst.Ratio <= historyGoal
+		}
+	}
+	t.Status = status(ok, measured)
+	t.Detail = strings.Join(details, "; ")
+	if t.Detail == "" {
+		t.Detail = "no history workload in the indexed modes"
+	}
+	return t
 }

@@ -19,9 +19,22 @@ func TestHistoryTable(t *testing.T) {
 		}
 		r.Results = append(r.Results, Result{Mode: mode, N: 1000, History: h})
 	}
+	// harikube within 2×, postgres at 3×: missed.
+	if tg := historyTarget(r); tg.Status != statusMissed || !strings.Contains(tg.Detail, "postgres at 20000: worst 3.0×") {
+		t.Errorf("history target: %+v", tg)
+	}
+	r.Results = r.Results[:1]
+	if tg := historyTarget(r); tg.Status != statusMet {
+		t.Errorf("history target of harikube alone: %+v", tg)
+	}
+	r.Results[0].History.Objects = 5000
+	if tg := historyTarget(r); tg.Status != statusMissing {
+		t.Errorf("history target at 5000 objects: %+v", tg)
+	}
+	r.Results[0].History.Objects = 20000
 	var out bytes.Buffer
 	r.WriteText(&out)
-	for _, s := range []string{"History: 20000 tasks", "label phase=pending, exact older resourceVersion", "1.50 / 1.00 (1.5×)", "3.00 / 1.00 (3.0×)", "limit=5 (2 pages)"} {
+	for _, s := range []string{"History: 20000 tasks", "label phase=pending, exact older resourceVersion", "1.50 / 1.00 (1.5×)", "limit=5 (2 pages)"} {
 		if !strings.Contains(out.String(), s) {
 			t.Errorf("report lacks %q:\n%s", s, out.String())
 		}

@@ -30,7 +30,7 @@ const (
 )
 
 func evaluateTargets(r *Report) []Target {
-	return []Target{speedupTarget(r), scalingTarget(r), rssTarget(r), createTarget(r)}
+	return []Target{speedupTarget(r), scalingTarget(r), rssTarget(r), createTarget(r), historyTarget(r)}
 }
 
 func status(ok, measured bool) string {
