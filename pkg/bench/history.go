@@ -6,7 +6,6 @@ import (
 	"io"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -22,7 +21,6 @@ import (
 // of the pending ones is timed against a LIST of the same objects by a
 // label and field that never changed: the cost of the history of a value.
 const (
-	taskCRDName = "tasks." + group
 	// historyKept tasks stay pending; they alone carry stable=yes.
 	historyKept = 10
 	// historyPage is the limit of the paged LISTs: two pages.
@@ -59,28 +57,7 @@ type HistoryList struct {
 }
 
 func taskCRD() *unstructured.Unstructured {
-	str := map[string]any{"type": "string"}
-	return &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "apiextensions.k8s.io/v1",
-		"kind":       "CustomResourceDefinition",
-		"metadata":   map[string]any{"name": taskCRDName},
-		"spec": map[string]any{
-			"group": group,
-			"scope": "Namespaced",
-			"names": map[string]any{"plural": "tasks", "singular": "task", "kind": "Task", "listKind": "TaskList"},
-			"versions": []any{map[string]any{
-				"name": "v1", "served": true, "storage": true,
-				"schema": map[string]any{"openAPIV3Schema": map[string]any{
-					"type": "object",
-					"properties": map[string]any{"spec": map[string]any{
-						"type":       "object",
-						"properties": map[string]any{"phase": str, "stable": str, "payload": str},
-					}},
-				}},
-				"selectableFields": []any{map[string]any{"jsonPath": ".spec.phase"}, map[string]any{"jsonPath": ".spec.stable"}},
-			}},
-		},
-	}}
+	return namespacedCRD("tasks", "Task", []string{"phase", "stable", "payload"}, []string{".spec.phase", ".spec.stable"})
 }
 
 func taskName(i int) string { return fmt.Sprintf("t-%07d", i) }
@@ -133,17 +110,18 @@ func runHistory(ctx context.Context, opts HistoryOptions, rep Repetition, worker
 	if _, err := inParallel(ctx, con, "creating tasks", 0, n, workers, func(i int) error {
 		return createWithRetry(ctx, rc, task(i), &retries)
 	}); err != nil {
-		return res, err
+		return res, fmt.Errorf("create tasks: %w", err)
 	}
 	done := []byte(`{"metadata":{"labels":{"phase":"done"}},"spec":{"phase":"done"}}`)
-	perSecond, err := inParallel(ctx, con, "changing tasks to done", historyKept, n, workers, func(i int) error {
+	elapsed, err := inParallel(ctx, con, "changing tasks to done", historyKept, n, workers, func(i int) error {
 		_, err := rc.Patch(ctx, taskName(i), types.MergePatchType, done, metav1.PatchOptions{})
 		return err
 	})
 	if err != nil {
-		return res, err
+		return res, fmt.Errorf("change tasks to done: %w", err)
 	}
-	res.PatchesPerSecond = perSecond
+	res.PatchesPerSecond = float64(n-historyKept) / elapsed.Seconds()
+	con.printf("changed %d tasks to done in %.1fs: %.0f updates/s\n", n-historyKept, elapsed.Seconds(), res.PatchesPerSecond)
 	l, err := rc.List(ctx, metav1.ListOptions{Limit: 1})
 	if err != nil {
 		return res, err
@@ -190,48 +168,6 @@ func runHistory(ctx context.Context, opts HistoryOptions, rep Repetition, worker
 		}
 	}
 	return res, nil
-}
-
-// inParallel runs do(i) for i in [from, n) from workers clients with a
-// progress line, and returns the rate.
-func inParallel(ctx context.Context, con *console, what string, from, n, workers int, do func(i int) error) (float64, error) {
-	var next, finished atomic.Int64
-	next.Store(int64(from))
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	var once sync.Once
-	var firstErr error
-	start := time.Now()
-	stop := con.progress(func() string {
-		return fmt.Sprintf("%s %d/%d", what, int64(from)+finished.Load(), n)
-	})
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n || ctx.Err() != nil {
-					return
-				}
-				if err := do(i); err != nil {
-					once.Do(func() { firstErr = fmt.Errorf("%s: %d: %w", what, i, err) })
-					cancel()
-					return
-				}
-				finished.Add(1)
-			}
-		}()
-	}
-	wg.Wait()
-	stop()
-	if firstErr != nil {
-		return 0, firstErr
-	}
-	rate := float64(n-from) / time.Since(start).Seconds()
-	con.printf("%s: %d in %.1fs (%.0f/s)\n", what, n-from, time.Since(start).Seconds(), rate)
-	return rate, nil
 }
 
 // timeList times a LIST (following continue tokens) as measureList does and

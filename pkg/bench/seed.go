@@ -82,7 +82,26 @@ type Throughput struct {
 // clients, showing a progress line every second.
 func seed(ctx context.Context, c dynamic.Interface, from, n, workers int, con *console) (Throughput, error) {
 	rc := c.Resource(widgets).Namespace(namespace)
-	var next, done, retries atomic.Int64
+	var retries atomic.Int64
+	elapsed, err := inParallel(ctx, con, "seeding", from, n, workers, func(i int) error {
+		if err := createWithRetry(ctx, rc, widget(i), &retries); err != nil {
+			return fmt.Errorf("create %s: %w", widgetName(i), err)
+		}
+		return nil
+	})
+	if err != nil {
+		return Throughput{}, err
+	}
+	t := Throughput{Objects: n - from, Workers: workers, Seconds: elapsed.Seconds(), PerSecond: float64(n-from) / elapsed.Seconds(), Retries: retries.Load()}
+	con.printf("seeded %d objects (%d→%d) in %.1fs with %d clients: %.0f creates/s\n", t.Objects, from, n, t.Seconds, workers, t.PerSecond)
+	return t, nil
+}
+
+// inParallel runs do(i) for i in [from, n) from workers concurrent
+// clients, showing a progress line every second, and returns how long it
+// took. The first error stops it.
+func inParallel(ctx context.Context, con *console, what string, from, n, workers int, do func(i int) error) (time.Duration, error) {
+	var next, done atomic.Int64
 	next.Store(int64(from))
 	done.Store(int64(from))
 	ctx, cancel := context.WithCancel(ctx)
@@ -99,8 +118,8 @@ func seed(ctx context.Context, c dynamic.Interface, from, n, workers int, con *c
 				if i >= n || ctx.Err() != nil {
 					return
 				}
-				if err := createWithRetry(ctx, rc, widget(i), &retries); err != nil {
-					errs <- fmt.Errorf("create %s: %w", widgetName(i), err)
+				if err := do(i); err != nil {
+					errs <- err
 					cancel()
 					return
 				}
@@ -110,18 +129,13 @@ func seed(ctx context.Context, c dynamic.Interface, from, n, workers int, con *c
 	}
 	stopProgress := con.progress(func() string {
 		d := done.Load()
-		return fmt.Sprintf("seeding %d/%d (%.0f/s)", d, n, float64(d-int64(from))/time.Since(start).Seconds())
+		return fmt.Sprintf("%s %d/%d (%.0f/s)", what, d, n, float64(d-int64(from))/time.Since(start).Seconds())
 	})
 	wg.Wait()
 	elapsed := time.Since(start)
 	stopProgress()
 	close(errs)
-	if err := <-errs; err != nil {
-		return Throughput{}, err
-	}
-	t := Throughput{Objects: n - from, Workers: workers, Seconds: elapsed.Seconds(), PerSecond: float64(n-from) / elapsed.Seconds(), Retries: retries.Load()}
-	con.printf("seeded %d objects (%d→%d) in %.1fs with %d clients: %.0f creates/s\n", t.Objects, from, n, t.Seconds, workers, t.PerSecond)
-	return t, nil
+	return elapsed, <-errs
 }
 
 // createWithRetry repeats a create that failed transiently; an object that

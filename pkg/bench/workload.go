@@ -28,25 +28,35 @@ var (
 )
 
 func widgetCRD() *unstructured.Unstructured {
-	str := map[string]any{"type": "string"}
+	return namespacedCRD("widgets", "Widget", []string{"shard", "payload"}, []string{".spec.shard"})
+}
+
+// namespacedCRD is the CRD of a namespaced resource of the bench's group
+// whose spec has the given string properties and selectable fields.
+func namespacedCRD(plural, kind string, specStrings, selectable []string) *unstructured.Unstructured {
+	props := map[string]any{}
+	for _, p := range specStrings {
+		props[p] = map[string]any{"type": "string"}
+	}
+	var fields []any
+	for _, f := range selectable {
+		fields = append(fields, map[string]any{"jsonPath": f})
+	}
 	return &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "apiextensions.k8s.io/v1",
 		"kind":       "CustomResourceDefinition",
-		"metadata":   map[string]any{"name": crdName},
+		"metadata":   map[string]any{"name": plural + "." + group},
 		"spec": map[string]any{
 			"group": group,
 			"scope": "Namespaced",
-			"names": map[string]any{"plural": "widgets", "singular": "widget", "kind": "Widget", "listKind": "WidgetList"},
+			"names": map[string]any{"plural": plural, "singular": strings.ToLower(kind), "kind": kind, "listKind": kind + "List"},
 			"versions": []any{map[string]any{
 				"name": "v1", "served": true, "storage": true,
 				"schema": map[string]any{"openAPIV3Schema": map[string]any{
-					"type": "object",
-					"properties": map[string]any{"spec": map[string]any{
-						"type":       "object",
-						"properties": map[string]any{"shard": str, "payload": str},
-					}},
+					"type":       "object",
+					"properties": map[string]any{"spec": map[string]any{"type": "object", "properties": props}},
 				}},
-				"selectableFields": []any{map[string]any{"jsonPath": ".spec.shard"}},
+				"selectableFields": fields,
 			}},
 		},
 	}}
