@@ -167,10 +167,18 @@ type podVolumes struct {
 }
 
 // runSyncer starts the pod's container "syncer" with image files from the
-// syncer build (syncerDir: /vcluster and /usr/local/bin/kine, as the
-// vcluster image has them) and the init container "kubernetes" run first
-// from the harikube image.
+// syncer build (syncerDir: /vcluster, and /usr/local/bin/kine where the
+// version's vcluster image has one) and the init container "kubernetes" run
+// first from the harikube image.
 func runSyncer(t *testing.T, host kubernetes.Interface, hostPort int, hostCA []byte, pod *corev1.Pod, vols *podVolumes, img vclusterimage.Image, syncerDir, logPath string) *syncerPod {
+	t.Helper()
+	return runContainer(t, host, hostPort, hostCA, pod, vols, img, syncerDir, logPath, nil, "/vcluster", "start")
+}
+
+// runContainer runs command in a container made from the syncer container's
+// spec, with env added to its environment: the syncer itself, or the pod
+// vCluster's CLI makes from that spec for a snapshot or a restore.
+func runContainer(t *testing.T, host kubernetes.Interface, hostPort int, hostCA []byte, pod *corev1.Pod, vols *podVolumes, img vclusterimage.Image, syncerDir, logPath string, extraEnv []string, command ...string) *syncerPod {
 	t.Helper()
 	ctx := context.Background()
 	var container *corev1.Container
@@ -262,9 +270,9 @@ func runSyncer(t *testing.T, host kubernetes.Interface, hostPort int, hostCA []b
 			t.Fatal(err)
 		}
 	}
-	binds := [][2]string{
-		{filepath.Join(syncerDir, "vcluster"), "/vcluster"},
-		{filepath.Join(syncerDir, "kine"), "/usr/local/bin/kine"},
+	binds := [][2]string{{filepath.Join(syncerDir, "vcluster"), "/vcluster"}}
+	if _, err := os.Stat(filepath.Join(syncerDir, "kine")); err == nil {
+		binds = append(binds, [2]string{filepath.Join(syncerDir, "kine"), "/usr/local/bin/kine"})
 	}
 	for _, m := range container.VolumeMounts {
 		binds = append(binds, [2]string{vols.dirs[m.Name], m.MountPath})
@@ -285,7 +293,11 @@ func runSyncer(t *testing.T, host kubernetes.Interface, hostPort int, hostCA []b
 		}
 		fmt.Fprintf(&script, "mount --bind %q %q\n", b[0], target)
 	}
-	script.WriteString("cd \"$R\"\nexec chroot \"$R\" /vcluster start\n")
+	script.WriteString("cd \"$R\"\nexec chroot \"$R\"")
+	for _, arg := range command {
+		fmt.Fprintf(&script, " %q", arg)
+	}
+	script.WriteString("\n")
 
 	// The container's environment: the pod spec's, with field references
 	// resolved from the pod, plus what the kubelet adds.
@@ -321,13 +333,14 @@ func runSyncer(t *testing.T, host kubernetes.Interface, hostPort int, hostCA []b
 		}
 		env = append(env, e.Name+"="+value)
 	}
+	env = append(env, extraEnv...)
 
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	fmt.Fprintf(logf, "=== %s: syncer of pod %s/%s\n", time.Now().Format(time.RFC3339), pod.Namespace, pod.Name)
+	fmt.Fprintf(logf, "=== %s: %s in the syncer container of pod %s/%s\n", time.Now().Format(time.RFC3339), strings.Join(command, " "), pod.Namespace, pod.Name)
 	p := &syncerPod{log: logPath, done: make(chan struct{})}
 	p.cmd = exec.Command("unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child=SIGKILL", "--", "/bin/sh", "-c", script.String())
 	p.cmd.Env = env
@@ -343,6 +356,18 @@ func runSyncer(t *testing.T, host kubernetes.Interface, hostPort int, hostCA []b
 	}()
 	t.Cleanup(func() { p.kill(t) })
 	return p
+}
+
+// wait waits for the container to exit and returns its exit code.
+func (p *syncerPod) wait(t *testing.T, timeout time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.done:
+		return p.code
+	case <-time.After(timeout):
+		t.Fatalf("the container did not exit within %s; last lines of %s:\n%s", timeout, p.log, vclusterimage.Tail(p.log, 60))
+		return -1
+	}
 }
 
 func (p *syncerPod) running() bool {

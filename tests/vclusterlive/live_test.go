@@ -6,7 +6,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -34,9 +37,26 @@ import (
 	"github.com/harikube/harikube/tests/vclusterimage"
 )
 
+// variant is one vCluster version under test and how it runs harikube.
+type variant struct {
+	version  string // of the syncer (scripts/build-vcluster-syncer)
+	manifest string // in package/, applied unedited
+	// perComponent: only the image is set; the syncer starts /binaries/kine,
+	// /binaries/kube-apiserver and /binaries/kube-controller-manager with
+	// its own flags. Otherwise all-in-one: `harikube server --vcluster`.
+	perComponent bool
+}
+
+var variants = []variant{
+	{version: "v0.30.0", manifest: "vcluster-kine-sqlite.yaml"},
+	{version: "v0.36.1", manifest: "vcluster-0.36-per-component.yaml", perComponent: true},
+}
+
+// kineMetricsURL is where vCluster 0.35+ has its kine serve metrics.
+const kineMetricsURL = "http://127.0.0.1:2381/metrics"
+
 const (
-	syncerVersion = "v0.30.0"
-	// The release and namespace package/vcluster-kine-sqlite.yaml is rendered for.
+	// The release and namespace both manifests are rendered for.
 	release   = "kine"
 	namespace = "kine"
 	// What the virtual pod tolerates, in seconds: upstream node lifecycle would
@@ -46,23 +66,28 @@ const (
 	evictionWait      = 150 * time.Second
 )
 
-// TestSyncer runs vCluster 0.30's syncer with package/vcluster-kine-sqlite.yaml,
-// unedited, on a k3s-like and a kind-like host.
+// TestSyncer runs vCluster 0.30's syncer with package/vcluster-kine-sqlite.yaml
+// (all-in-one) and 0.36's with package/vcluster-0.36-per-component.yaml,
+// each unedited, on a k3s-like and a kind-like host.
 func TestSyncer(t *testing.T) {
-	syncerDir := os.Getenv(syncerEnv)
-	if syncerDir == "" {
-		t.Fatalf("%s is not set (TestMain sets it from scripts/build-vcluster-syncer)", syncerEnv)
-	}
-	for _, hostCIDR := range []string{"10.43.0.0/16", "10.96.0.0/12"} {
-		t.Run("host-"+strings.ReplaceAll(hostCIDR, "/", "_"), func(t *testing.T) {
-			started := time.Now()
-			runLive(t, syncerDir, hostCIDR)
-			t.Logf("host service CIDR %s: passed in %s", hostCIDR, time.Since(started).Round(time.Second))
+	for _, v := range variants {
+		t.Run(v.version, func(t *testing.T) {
+			syncerDir := os.Getenv(syncerDirEnv(v.version))
+			if syncerDir == "" {
+				t.Fatalf("%s is not set (TestMain sets it from scripts/build-vcluster-syncer)", syncerDirEnv(v.version))
+			}
+			for _, hostCIDR := range []string{"10.43.0.0/16", "10.96.0.0/12"} {
+				t.Run("host-"+strings.ReplaceAll(hostCIDR, "/", "_"), func(t *testing.T) {
+					started := time.Now()
+					runLive(t, v, syncerDir, hostCIDR)
+					t.Logf("vCluster %s, host service CIDR %s: passed in %s", v.version, hostCIDR, time.Since(started).Round(time.Second))
+				})
+			}
 		})
 	}
 }
 
-func runLive(t *testing.T, syncerDir, hostCIDR string) {
+func runLive(t *testing.T, v variant, syncerDir, hostCIDR string) {
 	ctx := context.Background()
 	host := testserver.Start(t, "--service-cidr="+hostCIDR)
 	hostCA := host.Config.TLSClientConfig.CAData
@@ -84,7 +109,7 @@ func runLive(t *testing.T, syncerDir, hostCIDR string) {
 	// The host side, as `kubectl apply -f package/vcluster-kine-sqlite.yaml`
 	// on a cluster with one node.
 	kubectl(t, host.Kubeconfig, "create", "namespace", namespace)
-	kubectl(t, host.Kubeconfig, "apply", "-f", filepath.Join(repoRoot(), "package", "vcluster-kine-sqlite.yaml"))
+	kubectl(t, host.Kubeconfig, "apply", "-f", filepath.Join(repoRoot(), "package", v.manifest))
 	keepNodeReady(t, host.Client)
 	poll(t, "the StatefulSet's pod "+release+"-0", time.Second, 2*time.Minute, func() (bool, error) {
 		_, err := host.Client.CoreV1().Pods(namespace).Get(ctx, release+"-0", metav1.GetOptions{})
@@ -96,15 +121,7 @@ func runLive(t *testing.T, syncerDir, hostCIDR string) {
 	syncer := runSyncer(t, host.Client, host.Port, hostCA, pod, vols, image(t), syncerDir, logPath)
 	virtual := waitReady(t, host, syncer)
 
-	// The syncer started harikube through the values' command: it logs the
-	// command, the database is where --data-dir says, and /version is
-	// harikube's Kubernetes.
-	if log, err := os.ReadFile(logPath); err != nil || !strings.Contains(string(log), `"args": "/binaries/harikube server `) {
-		t.Errorf("the syncer's log has no apiserver started as /binaries/harikube server (%v)", err)
-	}
-	if _, err := os.Stat(filepath.Join(vols.dirs["data"], "harikube", "db", "state.db")); err != nil {
-		t.Errorf("harikube's database in /data/harikube: %v", err)
-	}
+	checkStarted(t, v, logPath, vols.dirs["data"])
 	if v, err := virtual.client.Discovery().ServerVersion(); err != nil || v.GitVersion != "v1.37.2" {
 		t.Errorf("virtual /version: %v, %v; want v1.37.2", v, err)
 	}
@@ -181,12 +198,17 @@ func runLive(t *testing.T, syncerDir, hostCIDR string) {
 
 	// A label-selector LIST in the virtual cluster is answered by harikube's
 	// datastore.
-	checkPushdown(t, virtual)
+	scrape, series := datastoreMetrics(v, virtual)
+	checkPushdown(t, virtual, scrape, series...)
 
 	// SIGKILL of the syncer and everything it started, then the same pod
 	// again on the same /data: every object is still there.
+	ports := []string{"127.0.0.1:6443", "127.0.0.1:8443"}
+	if v.perComponent {
+		ports = append(ports, strings.TrimSuffix(strings.TrimPrefix(kineMetricsURL, "http://"), "/metrics"))
+	}
 	syncer.kill(t)
-	waitPortsClosed(t, "127.0.0.1:6443", "127.0.0.1:8443")
+	waitPortsClosed(t, ports...)
 	pod, err = host.Client.CoreV1().Pods(namespace).Get(ctx, release+"-0", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -202,21 +224,14 @@ func runLive(t *testing.T, syncerDir, hostCIDR string) {
 		t.Errorf("widgets after the restart: %d, want 3", len(widgets.Items))
 	}
 
-	// harikube's own snapshot of the virtual cluster's datastore (vCluster's
-	// snapshot reads only its mapping store): saved while it runs, restored
-	// into the stopped pod's /data, it brings back what was deleted since.
-	binary := filepath.Join(vols.dirs["binaries"], "harikube")
-	dataDir := filepath.Join(vols.dirs["data"], "harikube")
-	out := run(t, binary, "snapshot", "save", "--data-dir", dataDir, "--name", "live")
-	snapshotPath := ""
-	for _, line := range strings.Split(out, "\n") {
-		if p, ok := strings.CutPrefix(line, "Snapshot: "); ok {
-			snapshotPath = strings.TrimSpace(p)
-		}
+	// A snapshot taken while the virtual cluster runs, a deletion, SIGKILL,
+	// the snapshot restored into the stopped pod's /data and a restart bring
+	// back what was deleted (and the syncer re-creates its host copy).
+	snap := snapshotter(harikubeSnapshot{vols: vols, path: new(string)})
+	if v.perComponent {
+		snap = vclusterSnapshot{host: host, pod: pod, vols: vols, syncerDir: syncerDir, logPath: logPath}
 	}
-	if snapshotPath == "" {
-		t.Fatalf("harikube snapshot save printed no path:\n%s", out)
-	}
+	snap.save(t)
 	if err := virtual.client.CoreV1().ConfigMaps("default").Delete(ctx, "live-config", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -225,8 +240,8 @@ func runLive(t *testing.T, syncerDir, hostCIDR string) {
 		return apierrors.IsNotFound(err), err
 	}, syncer)
 	syncer.kill(t)
-	waitPortsClosed(t, "127.0.0.1:6443", "127.0.0.1:8443")
-	run(t, binary, "snapshot", "restore", "--data-dir", dataDir, snapshotPath)
+	waitPortsClosed(t, ports...)
+	snap.restore(t)
 	syncer = runSyncer(t, host.Client, host.Port, hostCA, pod, vols, image(t), syncerDir, logPath)
 	virtual = waitReady(t, host, syncer)
 	checkWorkload(t, virtual.client)
@@ -234,6 +249,66 @@ func runLive(t *testing.T, syncerDir, hostCIDR string) {
 		_, err := host.Client.CoreV1().ConfigMaps(namespace).Get(ctx, hostName("live-config"), metav1.GetOptions{})
 		return err == nil, err
 	}, syncer)
+}
+
+// checkStarted checks that the syncer started harikube the variant's way
+// (its log names each command) and where the datastore is; /version is
+// harikube's Kubernetes in both.
+func checkStarted(t *testing.T, v variant, logPath, dataDir string) {
+	t.Helper()
+	log, err := os.ReadFile(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	starts := []string{`"args": "/binaries/harikube server `}
+	db := filepath.Join(dataDir, "harikube", "db", "state.db")
+	if v.perComponent {
+		starts = []string{`"args": "/binaries/kine --endpoint=sqlite:///data/state.db`, `"args": "/binaries/kube-apiserver --`, `"args": "/binaries/kube-controller-manager --`}
+		db = filepath.Join(dataDir, "state.db")
+	}
+	for _, s := range starts {
+		if !strings.Contains(string(log), s) {
+			t.Errorf("the syncer's log has no start with %s", s)
+		}
+	}
+	if _, err := os.Stat(db); err != nil {
+		t.Errorf("harikube's database: %v", err)
+	}
+}
+
+// snapshotter is the user's backup path for a variant: save while the
+// virtual cluster runs, restore into the stopped pod's /data.
+type snapshotter interface {
+	save(t *testing.T)
+	restore(t *testing.T)
+}
+
+// harikubeSnapshot is harikube's own snapshot of the all-in-one datastore
+// (/data/harikube); vCluster's snapshot would read only its mapping store.
+type harikubeSnapshot struct {
+	vols *podVolumes
+	path *string // set by save
+}
+
+func (h harikubeSnapshot) binary() string  { return filepath.Join(h.vols.dirs["binaries"], "harikube") }
+func (h harikubeSnapshot) dataDir() string { return filepath.Join(h.vols.dirs["data"], "harikube") }
+
+func (h harikubeSnapshot) save(t *testing.T) {
+	t.Helper()
+	out := run(t, h.binary(), "snapshot", "save", "--data-dir", h.dataDir(), "--name", "live")
+	for _, line := range strings.Split(out, "\n") {
+		if p, ok := strings.CutPrefix(line, "Snapshot: "); ok {
+			*h.path = strings.TrimSpace(p)
+		}
+	}
+	if *h.path == "" {
+		t.Fatalf("harikube snapshot save printed no path:\n%s", out)
+	}
+}
+
+func (h harikubeSnapshot) restore(t *testing.T) {
+	t.Helper()
+	run(t, h.binary(), "snapshot", "restore", "--data-dir", h.dataDir(), *h.path)
 }
 
 // run runs a command and returns its stdout; a non-zero exit fails the test.
@@ -411,10 +486,40 @@ func checkNotEvicted(t *testing.T, virtual, host kubernetes.Interface, hostPodNa
 	}
 }
 
+// datastoreMetrics scrapes the metrics of the process that runs harikube's
+// datastore, and names the series of a Widget LIST: the all-in-one server's
+// /metrics (through the syncer's proxy), or in per-component mode the kine
+// role's own endpoint (a separate process knows no resource names).
+func datastoreMetrics(v variant, virtual virtualCluster) (func(t *testing.T) string, []string) {
+	if v.perComponent {
+		return func(t *testing.T) string {
+			t.Helper()
+			res, err := http.Get(kineMetricsURL)
+			if err != nil {
+				t.Fatalf("kine's metrics: %v", err)
+			}
+			defer res.Body.Close()
+			body, err := io.ReadAll(res.Body)
+			if err != nil || res.StatusCode != http.StatusOK {
+				t.Fatalf("kine's metrics: status %d, %v", res.StatusCode, err)
+			}
+			return string(body)
+		}, []string{`kind="list"`}
+	}
+	return func(t *testing.T) string {
+		t.Helper()
+		body, err := virtual.client.Discovery().RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
+		if err != nil {
+			t.Fatalf("virtual /metrics: %v", err)
+		}
+		return string(body)
+	}, []string{`resource="widgets.live.harikube.io"`, `kind="list"`}
+}
+
 // checkPushdown creates a custom resource type in the virtual cluster and
-// lists its objects by label: the values serve custom resources uncached,
-// so the selection reaches harikube's datastore, whose metrics count it.
-func checkPushdown(t *testing.T, v virtualCluster) {
+// lists its objects by label: custom resources are served uncached, so the
+// selection reaches harikube's datastore, whose metrics count it.
+func checkPushdown(t *testing.T, v virtualCluster, scrape func(t *testing.T) string, series ...string) {
 	t.Helper()
 	ctx := context.Background()
 	crd := &apiextensionsv1.CustomResourceDefinition{
@@ -450,8 +555,7 @@ func checkPushdown(t *testing.T, v virtualCluster) {
 		}
 		return true, nil
 	})
-	series := `resource="widgets.live.harikube.io"`
-	before := metric(t, v.client, "harikube_datastore_selection_requests_total", series)
+	before := metric(scrape(t), "harikube_datastore_selection_requests_total", series...)
 	list, err := widgets.List(ctx, metav1.ListOptions{LabelSelector: "color=red"})
 	if err != nil {
 		t.Fatal(err)
@@ -459,22 +563,17 @@ func checkPushdown(t *testing.T, v virtualCluster) {
 	if len(list.Items) != 2 {
 		t.Errorf("LIST widgets color=red: %d items, want 2", len(list.Items))
 	}
-	after := metric(t, v.client, "harikube_datastore_selection_requests_total", series)
+	after := metric(scrape(t), "harikube_datastore_selection_requests_total", series...)
 	if after <= before {
-		t.Errorf("harikube_datastore_selection_requests_total{%s}: %v before the LIST, %v after; want an increase", series, before, after)
+		t.Errorf("harikube_datastore_selection_requests_total{%s}: %v before the LIST, %v after; want an increase", strings.Join(series, ","), before, after)
 	}
 }
 
-// metric sums a metric's samples from the virtual apiserver's /metrics
-// (through the syncer's proxy).
-func metric(t *testing.T, c kubernetes.Interface, name string, labels ...string) float64 {
-	t.Helper()
-	body, err := c.Discovery().RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
-	if err != nil {
-		t.Fatalf("virtual /metrics: %v", err)
-	}
+// metric sums the samples of a metric in a Prometheus text exposition
+// whose lines contain every one of labels.
+func metric(body, name string, labels ...string) float64 {
 	var total float64
-	for _, line := range strings.Split(string(body), "\n") {
+	for _, line := range strings.Split(body, "\n") {
 		if strings.HasPrefix(line, name+"{") || strings.HasPrefix(line, name+" ") {
 			matches := true
 			for _, l := range labels {
@@ -518,4 +617,66 @@ func kubectl(t *testing.T, kubeconfig string, args ...string) string {
 		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, errOut.String())
 	}
 	return out.String()
+}
+
+// vclusterSnapshot is vCluster's own snapshot and restore, as `vcluster
+// snapshot kine container:///data/live-snapshot.tar.gz` and `vcluster restore
+// kine ...` run them: a pod made from the syncer container's spec runs
+// /vcluster snapshot (or restore) with the options in
+// VCLUSTER_STORAGE_OPTIONS. In per-component mode the store it reads and
+// rewrites (/data/kine.sock) is harikube's kine, so it holds every object.
+type vclusterSnapshot struct {
+	host      *testserver.Server
+	pod       *corev1.Pod
+	vols      *podVolumes
+	syncerDir string
+	logPath   string
+}
+
+// vclusterSnapshotPath is the snapshot's path in the pod, on the PVC.
+const vclusterSnapshotPath = "/data/live-snapshot.tar.gz"
+
+func (s vclusterSnapshot) run(t *testing.T, command string) {
+	t.Helper()
+	opts, err := json.Marshal(map[string]any{"type": "container", "container": map[string]string{"path": vclusterSnapshotPath}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"VCLUSTER_STORAGE_OPTIONS=" + base64.StdEncoding.EncodeToString(opts)}
+	p := runContainer(t, s.host.Client, s.host.Port, s.host.Config.TLSClientConfig.CAData, s.pod, s.vols, image(t), s.syncerDir, s.logPath, env, "/vcluster", command)
+	if code := p.wait(t, 5*time.Minute); code != 0 {
+		t.Fatalf("/vcluster %s exited with code %d; last lines of %s:\n%s", command, code, s.logPath, vclusterimage.Tail(s.logPath, 60))
+	}
+	for _, line := range strings.Split(vclusterimage.Tail(s.logPath, 20), "\n") {
+		if strings.Contains(line, "Successfully") {
+			msg, _, _ := strings.Cut(line[strings.Index(line, "Successfully"):], "\t")
+			t.Logf("/vcluster %s: %s", command, msg)
+		}
+	}
+}
+
+func (s vclusterSnapshot) save(t *testing.T) {
+	t.Helper()
+	s.run(t, "snapshot")
+	if fi, err := os.Stat(filepath.Join(s.vols.dirs["data"], strings.TrimPrefix(vclusterSnapshotPath, "/data/"))); err != nil || fi.Size() == 0 {
+		t.Fatalf("vCluster's snapshot %s: %v", vclusterSnapshotPath, err)
+	}
+}
+
+// restore is what `vcluster restore` does with the virtual cluster paused:
+// the host pods it synced are deleted (the kubelet finishes that at once,
+// they run nothing here), then /vcluster restore runs in a pod.
+func (s vclusterSnapshot) restore(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	pods, err := s.host.Client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: "vcluster.loft.sh/managed-by=" + release})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		if err := s.host.Client.CoreV1().Pods(namespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}); err != nil && !apierrors.IsNotFound(err) {
+			t.Fatal(err)
+		}
+	}
+	s.run(t, "restore")
 }

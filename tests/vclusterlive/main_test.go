@@ -26,8 +26,12 @@ import (
 // netnsEnv marks the test process re-executed inside its network namespace.
 const netnsEnv = "HARIKUBE_VCLUSTER_LIVE_NETNS"
 
-// syncerEnv names the directory scripts/build-vcluster-syncer printed.
-const syncerEnv = "HARIKUBE_VCLUSTER_SYNCER_DIR"
+// syncerDirEnv names the variable holding the directory
+// scripts/build-vcluster-syncer printed for version (v0.36.1:
+// HARIKUBE_VCLUSTER_SYNCER_DIR_V0_36_1).
+func syncerDirEnv(version string) string {
+	return "HARIKUBE_VCLUSTER_SYNCER_DIR_" + strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(version))
+}
 
 // imageEnv names the directory the harikube image was built into.
 const imageEnv = "HARIKUBE_VCLUSTER_LIVE_IMAGE_DIR"
@@ -56,19 +60,22 @@ func image(t *testing.T) vclusterimage.Image {
 	return vclusterimage.InDir(imageRef, dir)
 }
 
-// reexecInNetns builds the syncer and the image (they need the module proxy
+// reexecInNetns builds the syncers and the image (they need the module proxy
 // and Debian's busybox, so outside the namespace) and runs this test binary again in a new network namespace
 // with only loopback up, so the syncer's 0.0.0.0:8443 and everything else
 // is reachable from nowhere else.
 func reexecInNetns() int {
 	env := append(os.Environ(), netnsEnv+"=1")
-	if os.Getenv(syncerEnv) == "" {
-		out, err := exec.Command(filepath.Join(repoRoot(), "scripts", "build-vcluster-syncer"), syncerVersion).Output()
+	for _, v := range variants {
+		if os.Getenv(syncerDirEnv(v.version)) != "" {
+			continue
+		}
+		out, err := exec.Command(filepath.Join(repoRoot(), "scripts", "build-vcluster-syncer"), v.version).Output()
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "vclusterlive: scripts/build-vcluster-syncer %s: %v\n", syncerVersion, err)
+			fmt.Fprintf(os.Stderr, "vclusterlive: scripts/build-vcluster-syncer %s: %v\n", v.version, err)
 			return 1
 		}
-		env = append(env, syncerEnv+"="+strings.TrimSpace(string(out)))
+		env = append(env, syncerDirEnv(v.version)+"="+strings.TrimSpace(string(out)))
 	}
 	bin := os.Getenv("HARIKUBE_BINARY")
 	if bin == "" {
