@@ -19,6 +19,7 @@ func newServerCommand() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			setupLogging(debug)
+			server.TuneGarbageCollector()
 			cfg.APIServerArgs = componentArgs(apiArgs)
 			cfg.ControllerManagerArgs = componentArgs(cmArgs)
 			if cfg.VCluster && !c.Flags().Changed("service-cidr") {
