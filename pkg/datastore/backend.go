@@ -23,6 +23,7 @@ type backend struct {
 	committed *atomic.Int64     // the highest revision committed (dialect.committed)
 	idx       *indexer
 	cache     *entryCache
+	metrics   *metrics
 }
 
 // CurrentRevision is kine's current revision, but never below a revision
@@ -120,8 +121,8 @@ func (b *backend) List(ctx context.Context, key, end string, limit, revision int
 	rev, kvs, err := b.Backend.List(ctx, key, end, limit, revision, keysOnly)
 	if selected && err == nil {
 		name := b.resourceName(key)
-		metricRequests.WithLabelValues(name, "list").Inc()
-		metricRows.WithLabelValues(name).Add(float64(len(kvs)))
+		b.metrics.requests.WithLabelValues(name, "list").Inc()
+		b.metrics.rows.WithLabelValues(name).Add(float64(len(kvs)))
 	}
 	return rev, kvs, err
 }
@@ -133,13 +134,13 @@ func (b *backend) ListStream(ctx context.Context, key, end string, limit, revisi
 		return res
 	}
 	name := b.resourceName(key)
-	metricRequests.WithLabelValues(name, "list").Inc()
+	b.metrics.requests.WithLabelValues(name, "list").Inc()
 	counted := make(chan *server.KeyValue, 1)
 	in := res.KVc
 	go func() {
 		defer close(counted)
 		n := 0
-		defer func() { metricRows.WithLabelValues(name).Add(float64(n)) }()
+		defer func() { b.metrics.rows.WithLabelValues(name).Add(float64(n)) }()
 		for kv := range in {
 			n++
 			counted <- kv
@@ -152,7 +153,7 @@ func (b *backend) ListStream(ctx context.Context, key, end string, limit, revisi
 func (b *backend) Count(ctx context.Context, key, end string, revision int64) (int64, int64, error) {
 	ctx, _, selected, _ := selection.WithDecoded(ctx)
 	if selected {
-		metricRequests.WithLabelValues(b.resourceName(key), "count").Inc()
+		b.metrics.requests.WithLabelValues(b.resourceName(key), "count").Inc()
 	}
 	return b.Backend.Count(ctx, key, end, revision)
 }
@@ -163,7 +164,7 @@ func (b *backend) Watch(ctx context.Context, revision int64) server.WatchResult 
 	if !ok || wr.Eventc == nil {
 		return wr
 	}
-	metricRequests.WithLabelValues("any", "watch").Inc()
+	b.metrics.requests.WithLabelValues("any", "watch").Inc()
 	ls := s.LabelSelector()
 	in := wr.Eventc
 	out := make(chan server.EventBatch, 100)
@@ -175,7 +176,7 @@ func (b *backend) Watch(ctx context.Context, revision int64) server.WatchResult 
 				if b.eventMayMatch(s, ls, e) {
 					kept = append(kept, e)
 				} else {
-					metricWatchFiltered.Inc()
+					b.metrics.watchFiltered.Inc()
 				}
 			}
 			batch.Events = kept

@@ -10,10 +10,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"github.com/k3s-io/kine/pkg/app"
 	"github.com/k3s-io/kine/pkg/drivers"
@@ -35,18 +33,9 @@ import (
 // available as the unindexed baseline.
 const schemeSQLite = "harikube-sqlite"
 
-// instanceParam names the DSN parameter that carries an in-process instance
-// id through kine's driver registry, whose constructors take only a DSN.
-const instanceParam = "_harikube_instance"
-
 func init() {
 	drivers.Register(schemeSQLite, newSQLite)
 }
-
-var (
-	instances    sync.Map // id → *index.Registry
-	lastInstance atomic.Int64
-)
 
 // Options configure a datastore.
 type Options struct {
@@ -65,6 +54,9 @@ type Options struct {
 	Unindexed bool
 	// MetricsRegisterer receives Kine's and the index's metrics.
 	MetricsRegisterer prometheus.Registerer
+	// Name tells this datastore's metrics (their datastore label) and
+	// messages from other datastores of the process; "" is "default".
+	Name string
 	// KineArgs are Kine command-line flags (--compact-interval=..., ...)
 	// applied over Kine's defaults.
 	KineArgs []string
@@ -76,8 +68,11 @@ type Datastore struct {
 	Endpoint string
 	// DatabasePath is the SQLite file, when the datastore is SQLite.
 	DatabasePath string
-	wg           *sync.WaitGroup
-	checker      *checker // nil for the stock driver
+	// Name is Options.Name, or "default".
+	Name    string
+	backend *backend // nil for the unindexed baseline
+	wg      *sync.WaitGroup
+	checker *checker // nil for the stock driver
 }
 
 // SocketPath is where the etcd API is served for a data directory.
@@ -90,6 +85,10 @@ func DatabasePath(dataDir string) string { return filepath.Join(dataDir, "db", "
 // the database is closed.
 func Start(ctx context.Context, opts Options) (*Datastore, error) {
 	cfg := app.Config(opts.KineArgs)
+	name := opts.Name
+	if name == "" {
+		name = "default"
+	}
 	cfg.MetricsRegisterer = opts.MetricsRegisterer
 	wg := &sync.WaitGroup{}
 	cfg.WaitGroup = wg
@@ -102,7 +101,7 @@ func Start(ctx context.Context, opts Options) (*Datastore, error) {
 			return nil, err
 		}
 	}
-	ds := &Datastore{wg: wg}
+	ds := &Datastore{wg: wg, Name: name}
 
 	ep := opts.Endpoint
 	if ep == "" {
@@ -124,33 +123,47 @@ func Start(ctx context.Context, opts Options) (*Datastore, error) {
 				return nil, err
 			}
 			ds.DatabasePath = path
+			if !strings.Contains(dsn, "?") {
+				// A file named without parameters gets the default
+				// database's: WAL, a busy timeout, immediate transactions.
+				dsn += "?" + sqlite.DefaultParams + walSizeLimit
+			}
 		}
 		if !opts.Unindexed {
 			if ds.DatabasePath != "" {
 				ds.checker = &checker{src: sqliteCheckSource(ds.DatabasePath), registry: opts.Registry}
 			}
-			dsn = withInstance(dsn, opts.Registry)
 			scheme = schemeSQLite
 		}
 	case "postgres", "postgresql":
 		if !opts.Unindexed {
 			ds.checker = &checker{src: postgresCheckSource(dsn, cfg.BackendTLSConfig), registry: opts.Registry}
-			dsn = withInstance(dsn, opts.Registry)
 			scheme = schemePostgres
 		}
 	default:
 		return nil, fmt.Errorf("datastore endpoint scheme %q is not supported: use sqlite://<path> or postgres://<user>:<password>@<host>/<database>", scheme)
 	}
-	if err := registerMetrics(opts.MetricsRegisterer); err != nil {
-		return nil, fmt.Errorf("register datastore metrics: %w", err)
-	}
 	cfg.Endpoint = scheme + "://" + dsn
+	var w *wiring
+	if !opts.Unindexed {
+		w = &wiring{shared: opts.MetricsRegisterer, registry: opts.Registry, metrics: newMetrics()}
+		if opts.MetricsRegisterer != nil {
+			w.labelled = prometheus.WrapRegistererWith(prometheus.Labels{"datastore": name}, opts.MetricsRegisterer)
+		}
+		if err := w.metrics.register(w.labelled); err != nil {
+			return nil, fmt.Errorf("register datastore metrics: %w", err)
+		}
+		cfg.MetricsRegisterer = w
+	}
 
 	etcd, err := endpoint.Listen(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("start datastore: %w", err)
 	}
 	ds.Endpoint = strings.Join(etcd.Endpoints, ",")
+	if w != nil {
+		ds.backend = w.built
+	}
 	if ds.checker != nil {
 		wg.Add(1)
 		go func() {
@@ -203,46 +216,12 @@ func sqliteFilePath(dsn string) string {
 	return path
 }
 
-// withInstance tags dsn with a new instance id naming registry, for the
-// driver constructor to find.
-func withInstance(dsn string, registry *index.Registry) string {
-	id := strconv.FormatInt(lastInstance.Add(1), 10)
-	instances.Store(id, registry)
-	return addParam(dsn, instanceParam, id)
-}
-
 func addParam(dsn, key, value string) string {
 	sep := "?"
 	if strings.Contains(dsn, "?") {
 		sep = "&"
 	}
 	return dsn + sep + key + "=" + url.QueryEscape(value)
-}
-
-// takeInstance removes the instance parameter from dsn and returns the
-// registry it names.
-func takeInstance(dsn string) (string, *index.Registry) {
-	path, rawQuery, ok := strings.Cut(dsn, "?")
-	if !ok {
-		return dsn, nil
-	}
-	var kept []string
-	var id string
-	for _, kv := range strings.Split(rawQuery, "&") {
-		if v, found := strings.CutPrefix(kv, instanceParam+"="); found {
-			id = v
-			continue
-		}
-		kept = append(kept, kv)
-	}
-	var registry *index.Registry
-	if v, ok := instances.Load(id); ok {
-		registry, _ = v.(*index.Registry)
-	}
-	if len(kept) == 0 {
-		return path, registry
-	}
-	return path + "?" + strings.Join(kept, "&"), registry
 }
 
 // redact hides credentials in a DSN shown to the user.
@@ -254,14 +233,16 @@ func redact(dsn string) string {
 }
 
 func newSQLite(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Config) (bool, server.Backend, error) {
-	var registry *index.Registry
-	cfg.DataSourceName, registry = takeInstance(cfg.DataSourceName)
+	w, err := wiringOf(cfg)
+	if err != nil {
+		return false, nil, err
+	}
 	cfg.DataSourceName = addParam(cfg.DataSourceName, "_pragma", "temp_store(memory)")
 	_, g, err := sqlite.NewVariant(ctx, wg, "sqlite3", cfg)
 	if err != nil {
 		return false, nil, err
 	}
-	b, err := newIndexedBackend(ctx, wg, cfg, g, registry, database{schema: selectorsql.SQLiteSchema(), param: "?"})
+	b, err := newIndexedBackend(ctx, wg, cfg, g, w, database{schema: selectorsql.SQLiteSchema(), param: "?"})
 	return false, b, err
 }
 
@@ -275,11 +256,11 @@ type database struct {
 
 // newIndexedBackend puts the index beside kine's tables of an opened
 // database and returns the backend kine's gRPC server will serve.
-func newIndexedBackend(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Config, g *generic.Generic, registry *index.Registry, db database) (server.Backend, error) {
+func newIndexedBackend(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Config, g *generic.Generic, w *wiring, db database) (server.Backend, error) {
 	if err := addSupersededColumn(ctx, g.DB); err != nil {
 		return nil, fmt.Errorf("create index schema: %w", err)
 	}
-	for _, stmt := range append(db.schema, coverageSchema) {
+	for _, stmt := range append(db.schema, coverageSchema, routesSchema) {
 		if _, err := g.DB.ExecContext(ctx, stmt); err != nil {
 			return nil, fmt.Errorf("create index schema: %w", err)
 		}
@@ -293,7 +274,7 @@ func newIndexedBackend(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Con
 	// highest revision committed), which a gate per database prevents now
 	// that one harikube owns each database.
 	gate := newWriteGate()
-	idx := newIndexer(registry, g.DB, gate, db.param, db.numbered)
+	idx := newIndexer(w.registry, g.DB, gate, db.param, db.numbered)
 	if err := idx.loadCoverage(ctx); err != nil {
 		return nil, err
 	}
@@ -308,5 +289,6 @@ func newIndexedBackend(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Con
 	}()
 	d := &dialect{Generic: g, idx: idx, gate: gate, param: db.param, numbered: db.numbered}
 	log := sqllog.New(d, wg, cfg)
-	return &backend{Backend: logstructured.New(log), log: log, committed: &d.committed, idx: idx, cache: newEntryCache()}, nil
+	w.built = &backend{Backend: logstructured.New(log), log: log, committed: &d.committed, idx: idx, cache: newEntryCache(), metrics: w.metrics}
+	return w.built, nil
 }

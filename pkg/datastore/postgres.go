@@ -55,7 +55,11 @@ var postgresKineSchema = []string{
 // databases). The DSN is a libpq URL without its scheme; the database is
 // created when missing.
 func newPostgres(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Config) (bool, server.Backend, error) {
-	dsn, registry := takeInstance(cfg.DataSourceName)
+	w, err := wiringOf(cfg)
+	if err != nil {
+		return false, nil, err
+	}
+	dsn := cfg.DataSourceName
 	connConfig, err := postgresConfig(dsn, cfg.BackendTLSConfig)
 	if err != nil {
 		return false, nil, err
@@ -122,7 +126,7 @@ func newPostgres(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Config) (
 			return false, nil, fmt.Errorf("create kine schema: %w", err)
 		}
 	}
-	b, err := newIndexedBackend(ctx, wg, cfg, g, registry, database{schema: selectorsql.PostgresSchema(), param: "$", numbered: true})
+	b, err := newIndexedBackend(ctx, wg, cfg, g, w, database{schema: selectorsql.PostgresSchema(), param: "$", numbered: true})
 	if err == nil {
 		go keepStatistics(ctx, g.DB)
 	}
