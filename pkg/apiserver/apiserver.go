@@ -94,6 +94,9 @@ func New(ctx context.Context, args []string, wrap StorageWrapper, paths map[stri
 		cfg.ApiExtensions.ExtraConfig.CRDRESTOptionsGetter = wrap(cfg.ApiExtensions.ExtraConfig.CRDRESTOptionsGetter, true, crds)
 		cfg.Aggregator.GenericConfig.RESTOptionsGetter = wrap(cfg.Aggregator.GenericConfig.RESTOptionsGetter, false, crds)
 	}
+	if cfg.ApiExtensions.ExtraConfig.CRDRESTOptionsGetter, err = customResourceServers(cfg.ApiExtensions.ExtraConfig.CRDRESTOptionsGetter, completed.Etcd.EtcdServersOverrides); err != nil {
+		return nil, err
+	}
 	cc, err := cfg.Complete()
 	if err != nil {
 		return nil, fmt.Errorf("kube-apiserver: %w", err)

@@ -53,6 +53,11 @@ type Options struct {
 	CacheCustomResources bool
 	// Registry receives each resource's extractor.
 	Registry *index.Registry
+	// Route, when set, replaces Registry for processes with several
+	// datastores: it is told where each resource's storage is configured
+	// (its etcd servers and key prefix) and returns the registry of the
+	// datastore there, or an error that fails the storage.
+	Route func(resource schema.GroupResource, servers []string, prefix string) (*index.Registry, error)
 }
 
 // CRDGetter reads a CustomResourceDefinition by name.
@@ -112,12 +117,19 @@ func (g *getter) decorator(cached bool) generic.StorageDecorator {
 			return raw, destroy, err
 		}
 		name := config.GroupResource.String()
+		registry := g.opts.Registry
+		if g.opts.Route != nil {
+			if registry, err = g.opts.Route(config.GroupResource, config.Transport.ServerList, keyPrefix(config, resourcePrefix)); err != nil {
+				destroy()
+				return nil, func() {}, err
+			}
+		}
 		res, trust := resourceIndex(name, config, resourcePrefix, newFunc, getAttrs), trustAll
 		if g.customResources {
 			res, trust = g.customResourceIndex(res, newFunc)
 		}
-		if g.opts.Registry != nil && getAttrs != nil && res.Definition != "" {
-			g.opts.Registry.Register(res)
+		if registry != nil && getAttrs != nil && res.Definition != "" {
+			registry.Register(res)
 		}
 		var s = raw
 		if g.opts.Pushdown {
@@ -275,8 +287,12 @@ func resourceIndex(name string, config *storagebackend.ConfigForResource, resour
 	} else {
 		klog.V(2).InfoS("Field selectors will be filtered in the apiserver only", "resource", name, "err", err)
 	}
-	prefix := path.Join("/", config.Prefix, resourcePrefix) + "/"
-	return index.Resource{Name: name, Prefix: prefix, Extract: extract, Fields: names, Definition: builtinDefinition()}
+	return index.Resource{Name: name, Prefix: keyPrefix(config, resourcePrefix), Extract: extract, Fields: names, Definition: builtinDefinition()}
+}
+
+// keyPrefix is where the etcd3 store keeps the resource's objects.
+func keyPrefix(config *storagebackend.ConfigForResource, resourcePrefix string) string {
+	return path.Join("/", config.Prefix, resourcePrefix) + "/"
 }
 
 // selectorStorage is the etcd3 store with selectors sent along on the two
