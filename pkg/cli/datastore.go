@@ -22,6 +22,8 @@ func newDatastoreCommand() *cobra.Command {
 	}
 	var dataDir, endpoint, kubeconfig string
 	var tlsFiles server.DatastoreTLS
+	var overrides []server.DatastoreOverride
+	var only string
 	check := &cobra.Command{
 		Use:   "check",
 		Short: "Verify that the label and field index agrees with the stored objects",
@@ -34,6 +36,9 @@ func newDatastoreCommand() *cobra.Command {
 			"or the database of --datastore-endpoint.",
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			if len(overrides) > 0 || only != "" {
+				return checkDatastores(c, dataDir, endpoint, kubeconfig, tlsFiles, overrides, only)
+			}
 			report, err := runCheck(c.Context(), dataDir, endpoint, kubeconfig, tlsFiles)
 			if err != nil {
 				return err
@@ -51,8 +56,55 @@ func newDatastoreCommand() *cobra.Command {
 	check.Flags().StringVar(&tlsFiles.CertFile, "datastore-certfile", "", "the server's --datastore-certfile")
 	check.Flags().StringVar(&tlsFiles.KeyFile, "datastore-keyfile", "", "the server's --datastore-keyfile")
 	check.Flags().StringVar(&kubeconfig, "kubeconfig", "", "a cluster-admin kubeconfig of the running server (default: <data-dir>/kubeconfig.yaml, then $KUBECONFIG)")
+	check.Flags().Var(overridesFlag{&overrides}, "datastore-override", "the server's --datastore-override flags (repeatable): their datastores are checked too")
+	check.Flags().StringVar(&only, "datastore", "", "check this datastore only: default, or the name the server logs for one of --datastore-override (e.g. events)")
 	c.AddCommand(check)
 	return c
+}
+
+// checkDatastores checks each datastore of a server's flags, or the one
+// named, and reports each under its name.
+func checkDatastores(c *cobra.Command, dataDir, endpoint, kubeconfig string, t server.DatastoreTLS, overrides []server.DatastoreOverride, only string) error {
+	stores, err := server.Datastores(dataDir, endpoint, overrides)
+	if err != nil {
+		return err
+	}
+	var chosen []server.NamedDatastore
+	var names []string
+	for _, s := range stores {
+		names = append(names, s.Name)
+		if only == "" || only == s.Name {
+			chosen = append(chosen, s)
+		}
+	}
+	if len(chosen) == 0 {
+		return fmt.Errorf("--datastore %q: no such datastore; the flags give %s", only, strings.Join(names, ", "))
+	}
+	if len(chosen) > 1 || chosen[0].Name != "default" {
+		// A running server answers for its default datastore only.
+		unlock, err := server.LockDataDir(dataDir)
+		if errors.Is(err, datastore.ErrInUse) {
+			return fmt.Errorf("%w: stop the server to check the datastores of --datastore-override (a running server checks its default datastore: --datastore default)", err)
+		}
+		if err != nil {
+			return err
+		}
+		unlock()
+	}
+	failed := false
+	for _, s := range chosen {
+		report, err := runCheck(c.Context(), dataDir, s.Endpoint, kubeconfig, t)
+		if err != nil {
+			return fmt.Errorf("datastore %s: %w", s.Name, err)
+		}
+		fmt.Fprintf(c.OutOrStdout(), "datastore %s: ", s.Name)
+		report.Write(c.OutOrStdout())
+		failed = failed || len(report.Problems) > 0
+	}
+	if failed {
+		return errors.New("index and data disagree")
+	}
+	return nil
 }
 
 // runCheck checks a server's database: offline when the server is stopped,

@@ -36,6 +36,7 @@ func newServerCommand() *cobra.Command {
 	f.StringVar(&cfg.BindAddress, "bind-address", "0.0.0.0", "address the kube-apiserver listens on")
 	f.IntVar(&cfg.HTTPSPort, "https-listen-port", 6443, "HTTPS port of the kube-apiserver")
 	f.StringVar(&cfg.DatastoreEndpoint, "datastore-endpoint", "", "Kine datastore DSN (default: SQLite file <data-dir>/db/state.db)")
+	f.Var(overridesFlag{&cfg.DatastoreOverrides}, "datastore-override", overridesUsage)
 	f.StringVar(&cfg.DatastoreTLS.CAFile, "datastore-cafile", "", "CA certificate that signed the PostgreSQL server's certificate (sslrootcert; sets sslmode=verify-full unless the endpoint sets sslmode)")
 	f.StringVar(&cfg.DatastoreTLS.CertFile, "datastore-certfile", "", "client certificate for PostgreSQL (sslcert)")
 	f.StringVar(&cfg.DatastoreTLS.KeyFile, "datastore-keyfile", "", "key of the client certificate for PostgreSQL (sslkey)")

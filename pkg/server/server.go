@@ -26,7 +26,6 @@ import (
 	"github.com/harikube/harikube/pkg/apiserver"
 	"github.com/harikube/harikube/pkg/controllermanager"
 	"github.com/harikube/harikube/pkg/datastore"
-	"github.com/harikube/harikube/pkg/index"
 	"github.com/harikube/harikube/pkg/pki"
 	"github.com/harikube/harikube/pkg/pushdown"
 	"github.com/harikube/harikube/pkg/vcluster"
@@ -34,11 +33,13 @@ import (
 
 // Config is what `harikube server` is asked to run.
 type Config struct {
-	DataDir              string
-	BindAddress          string
-	HTTPSPort            int
-	DatastoreEndpoint    string
-	DatastoreTLS         DatastoreTLS
+	DataDir           string
+	BindAddress       string
+	HTTPSPort         int
+	DatastoreEndpoint string
+	DatastoreTLS      DatastoreTLS
+	// DatastoreOverrides put resources in datastores of their own.
+	DatastoreOverrides   []DatastoreOverride
 	WriteKubeconfig      string
 	ServiceCIDR          string
 	ClusterDomain        string
@@ -85,6 +86,10 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 		logrus.Infof("Service CIDR: %s (the host cluster's, from Service %s/%s)", cfg.ServiceCIDR, host.Namespace, host.Service)
+	}
+	stores, err := planDatastores(cfg)
+	if err != nil {
+		return err
 	}
 	if err := prepareDataDir(cfg.DataDir); err != nil {
 		return err
@@ -148,23 +153,21 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 
-	registry := index.NewRegistry()
 	dsCtx, stopDatastore := context.WithCancel(context.Background())
 	defer stopDatastore()
-	ds, err := datastore.Start(dsCtx, datastore.Options{
-		DataDir:           cfg.DataDir,
-		Endpoint:          cfg.DatastoreEndpoint,
-		Registry:          registry,
-		Unindexed:         cfg.UnindexedDatastore,
-		MetricsRegisterer: legacyregistry.Registerer(),
-		KineArgs:          cfg.DatastoreTLS.kineArgs(),
-	})
+	err = stores.start(dsCtx, cfg, legacyregistry.Registerer())
+	defer stores.Wait()
+	defer stopDatastore()
 	if err != nil {
 		return err
 	}
-	defer ds.Wait()
-	defer stopDatastore()
-	describeDatastore(cfg, ds)
+	ds := stores.primary().ds
+	stores.describe(cfg)
+	if !cfg.UnindexedDatastore {
+		if err := stores.checkRoutes(ctx, cfg); err != nil {
+			return err
+		}
+	}
 	if err := startSnapshots(ctx, cfg, ds); err != nil {
 		return err
 	}
@@ -173,11 +176,14 @@ func Run(ctx context.Context, cfg Config) error {
 	defer stopAPI()
 	var wrap apiserver.StorageWrapper
 	if !cfg.UnindexedDatastore {
-		wrap = pushdown.Wrapper(pushdown.Options{Pushdown: cfg.SelectorPushdown, CacheCustomResources: cfg.CacheCustomResources, Registry: registry})
+		wrap = pushdown.Wrapper(pushdown.Options{Pushdown: cfg.SelectorPushdown, CacheCustomResources: cfg.CacheCustomResources, Route: stores.route})
 	} else {
 		wrap = pushdown.Wrapper(pushdown.Options{CacheCustomResources: cfg.CacheCustomResources})
 	}
 	own := apiServerArgs(cfg, bundle, ds.Endpoint, serviceIP)
+	if overrides := stores.etcdServersOverrides(); len(overrides) > 0 {
+		own = append(own, "--etcd-servers-overrides="+strings.Join(overrides, ","))
+	}
 	authArgs, err := authenticationArgs(cfg.DataDir, cfg.APIServerArgs)
 	if err != nil {
 		return err
@@ -262,7 +268,7 @@ func Run(ctx context.Context, cfg Config) error {
 		runErr = fmt.Errorf("kube-apiserver shutdown: %w", err)
 	}
 	stopDatastore()
-	ds.Wait()
+	stores.Wait()
 	if runErr == nil {
 		logrus.Info("Stopped")
 	}

@@ -1,0 +1,385 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/k3s-io/kine/pkg/tls"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sirupsen/logrus"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/harikube/harikube/pkg/datastore"
+	"github.com/harikube/harikube/pkg/index"
+)
+
+// DatastoreOverride routes one resource to a datastore of its own
+// (--datastore-override GROUP/RESOURCE=DSN).
+type DatastoreOverride struct {
+	Resource schema.GroupResource
+	Endpoint string
+}
+
+// String is the flag's notation, group/resource=DSN, with credentials hidden.
+func (o DatastoreOverride) String() string {
+	return o.Resource.Group + "/" + o.Resource.Resource + "=" + redactEndpoint(o.Endpoint)
+}
+
+// ParseDatastoreOverride reads GROUP/RESOURCE=DSN, upstream's group/resource
+// notation of --etcd-servers-overrides (core group empty: /events).
+func ParseDatastoreOverride(s string) (DatastoreOverride, error) {
+	const example = "e.g. /events=sqlite:///var/lib/harikube/db/events.db or example.com/widgets=postgres://user:password@host:5432/widgets"
+	res, dsn, ok := strings.Cut(s, "=")
+	if !ok {
+		return DatastoreOverride{}, fmt.Errorf("--datastore-override %q: want GROUP/RESOURCE=DSN, %s", redactEndpoint(s), example)
+	}
+	group, resource, ok := strings.Cut(res, "/")
+	if !ok || resource == "" || strings.Contains(resource, "/") || strings.ContainsAny(res, "# ;,") {
+		return DatastoreOverride{}, fmt.Errorf("--datastore-override %q: %q is not GROUP/RESOURCE (the core group is empty: /events; a custom resource: example.com/widgets)", redactEndpoint(s), res)
+	}
+	if resource != strings.ToLower(resource) || group != strings.ToLower(group) {
+		return DatastoreOverride{}, fmt.Errorf("--datastore-override %q: resources and groups are lower case, as in the API's URLs (/events, example.com/widgets)", redactEndpoint(s))
+	}
+	o := DatastoreOverride{Resource: schema.GroupResource{Group: group, Resource: resource}, Endpoint: dsn}
+	if _, err := databaseIdentity(dsn); err != nil {
+		return DatastoreOverride{}, fmt.Errorf("--datastore-override %s: %w", o, err)
+	}
+	return o, nil
+}
+
+// databaseIdentity names the database a DSN opens, so that two spellings of
+// one database are found to be the same: an absolute SQLite path, or a
+// PostgreSQL host, port and database.
+func databaseIdentity(dsn string) (string, error) {
+	scheme, rest, ok := strings.Cut(dsn, "://")
+	if !ok {
+		return "", fmt.Errorf("datastore %q: want sqlite:///absolute/path.db or postgres://user:password@host:5432/database", redactEndpoint(dsn))
+	}
+	switch scheme {
+	case "sqlite":
+		path, query, _ := strings.Cut(strings.TrimPrefix(rest, "file:"), "?")
+		if path == "" || path == ":memory:" || strings.Contains(query, "mode=memory") {
+			return "", fmt.Errorf("datastore %q: name a database file, e.g. sqlite:///var/lib/harikube/db/events.db", dsn)
+		}
+		if !filepath.IsAbs(path) {
+			return "", fmt.Errorf("datastore %q: the SQLite path must be absolute (sqlite:///var/lib/harikube/db/events.db)", dsn)
+		}
+		return "sqlite:" + filepath.Clean(path), nil
+	case "postgres", "postgresql":
+		u, err := url.Parse("postgres://" + rest)
+		if err != nil {
+			return "", fmt.Errorf("datastore %s: not a PostgreSQL URL", redactEndpoint(dsn))
+		}
+		port := u.Port()
+		if port == "" {
+			port = "5432"
+		}
+		db := strings.TrimPrefix(u.Path, "/")
+		if db == "" {
+			db = "kubernetes"
+		}
+		return "postgres:" + strings.ToLower(u.Hostname()) + ":" + port + "/" + db, nil
+	}
+	return "", fmt.Errorf("datastore scheme %q is not supported: use sqlite:///absolute/path.db or postgres://user:password@host:5432/database", scheme)
+}
+
+// store is one in-process datastore and the resources routed to it.
+type store struct {
+	name      string // metrics label and messages: "default", or its resources
+	endpoint  string // the DSN, "" for SQLite in the data directory
+	identity  string
+	resources []schema.GroupResource
+	registry  *index.Registry
+	ds        *datastore.Datastore
+}
+
+func (s *store) describe() string {
+	if s.ds != nil && s.ds.DatabasePath != "" {
+		return "SQLite " + s.ds.DatabasePath
+	}
+	if path, ok := strings.CutPrefix(s.identity, "sqlite:"); ok {
+		return "SQLite " + path
+	}
+	return redactEndpoint(s.endpoint)
+}
+
+// datastores are the process's datastores: the default one and one per
+// distinct --datastore-override DSN.
+type datastores struct {
+	all        []*store // the default first
+	byResource map[schema.GroupResource]*store
+	byServers  map[string]*store // etcd endpoint → store, once started
+}
+
+func (d *datastores) primary() *store { return d.all[0] }
+
+// planDatastores checks the overrides against each other and the default
+// datastore before anything starts.
+func planDatastores(cfg Config) (*datastores, error) {
+	def := &store{name: "default", endpoint: cfg.DatastoreEndpoint, identity: "sqlite:" + filepath.Clean(datastore.DatabasePath(cfg.DataDir))}
+	if cfg.DatastoreEndpoint != "" {
+		id, err := databaseIdentity(cfg.DatastoreEndpoint)
+		if err != nil {
+			return nil, fmt.Errorf("--datastore-endpoint: %w", err)
+		}
+		def.identity = id
+	}
+	d := &datastores{all: []*store{def}, byResource: map[schema.GroupResource]*store{}}
+	if len(cfg.DatastoreOverrides) == 0 {
+		return d, nil
+	}
+	if cfg.UnindexedDatastore {
+		return nil, errors.New("--datastore-override needs the indexing datastore (not --unindexed-datastore)")
+	}
+	byIdentity := map[string]*store{}
+	for _, o := range cfg.DatastoreOverrides {
+		if prev, ok := d.byResource[o.Resource]; ok {
+			return nil, fmt.Errorf("--datastore-override: %s/%s is given twice (%s and %s); give each resource once", o.Resource.Group, o.Resource.Resource, redactEndpoint(prev.endpoint), redactEndpoint(o.Endpoint))
+		}
+		id, err := databaseIdentity(o.Endpoint)
+		if err != nil {
+			return nil, fmt.Errorf("--datastore-override %s: %w", o, err)
+		}
+		if id == def.identity {
+			return nil, fmt.Errorf("--datastore-override %s: that is the default datastore (%s); leave the resource out to keep it there", o, def.describe())
+		}
+		s, ok := byIdentity[id]
+		if !ok {
+			s = &store{endpoint: o.Endpoint, identity: id}
+			byIdentity[id] = s
+			d.all = append(d.all, s)
+		} else if s.endpoint != o.Endpoint {
+			return nil, fmt.Errorf("--datastore-override %s and %s name the same database differently; write its DSN the same way for every resource it holds", o, redactEndpoint(s.endpoint))
+		}
+		s.resources = append(s.resources, o.Resource)
+		d.byResource[o.Resource] = s
+	}
+	for _, s := range d.all[1:] {
+		names := make([]string, len(s.resources))
+		for i, r := range s.resources {
+			names[i] = r.String()
+		}
+		sort.Strings(names)
+		s.name = strings.Join(names, ",")
+	}
+	return d, nil
+}
+
+// overrideSocket is where a datastore other than the default one serves
+// the etcd API: named by its database, short enough for any data directory
+// whose kine.sock fits.
+func overrideSocket(dataDir, identity string) string {
+	sum := sha256.Sum256([]byte(identity))
+	return filepath.Join(dataDir, "kine-"+hex.EncodeToString(sum[:4])+".sock")
+}
+
+// start starts every datastore; the ones started are in d (for Wait) even
+// when one fails.
+func (d *datastores) start(ctx context.Context, cfg Config, metrics prometheus.Registerer) error {
+	d.byServers = map[string]*store{}
+	for i, s := range d.all {
+		opts := datastore.Options{
+			DataDir:           cfg.DataDir,
+			Endpoint:          s.endpoint,
+			Registry:          index.NewRegistry(),
+			Unindexed:         cfg.UnindexedDatastore,
+			MetricsRegisterer: metrics,
+			KineArgs:          cfg.DatastoreTLS.kineArgs(),
+			Name:              s.name,
+		}
+		if i > 0 {
+			opts.Listener = "unix://" + overrideSocket(cfg.DataDir, s.identity)
+		}
+		ds, err := datastore.Start(ctx, opts)
+		if err != nil {
+			if i > 0 {
+				return fmt.Errorf("datastore of %s: %w", s.name, err)
+			}
+			return err
+		}
+		s.ds, s.registry = ds, opts.Registry
+		d.byServers[ds.Endpoint] = s
+	}
+	return nil
+}
+
+// Wait blocks until every started datastore has shut down.
+func (d *datastores) Wait() {
+	for _, s := range d.all {
+		if s.ds != nil {
+			s.ds.Wait()
+		}
+	}
+}
+
+// etcdServersOverrides is the kube-apiserver's --etcd-servers-overrides
+// for the started datastores (group/resource#servers).
+func (d *datastores) etcdServersOverrides() []string {
+	var out []string
+	for _, s := range d.all[1:] {
+		for _, r := range s.resources {
+			out = append(out, r.Group+"/"+r.Resource+"#"+s.ds.Endpoint)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// routeOf is the datastore the flags route a key prefix to, given the
+// resources recorded under it: an override of any of them (resources that
+// share keys, such as events and events.k8s.io's events, share a datastore),
+// else the default one.
+func (d *datastores) routeOf(resources []string) *store {
+	for _, r := range resources {
+		if s, ok := d.byResource[schema.ParseGroupResource(r)]; ok {
+			return s
+		}
+	}
+	return d.primary()
+}
+
+// recordedAs is how the default datastore records a datastore: "" for
+// itself, else its DSN without the password (credentials are not kept).
+func (s *store) recordedAs(primary *store) string {
+	if s == primary {
+		return ""
+	}
+	u, err := url.Parse(s.endpoint)
+	if err != nil || u.User == nil {
+		return s.endpoint
+	}
+	u.User = url.User(u.User.Username())
+	return u.String()
+}
+
+// checkRoutes refuses a start whose routing would hide objects: a datastore
+// that holds live objects of a resource the flags now send elsewhere (an
+// override dropped, changed or added). A datastore no longer in the flags is
+// opened to count them: a SQLite file by its path, PostgreSQL by its DSN
+// without the password (so with ~/.pgpass, PGPASSWORD or a certificate).
+// Records of a datastore found empty are dropped.
+func (d *datastores) checkRoutes(ctx context.Context, cfg Config) error {
+	primary := d.primary()
+	routes, err := primary.ds.Routes(ctx)
+	if err != nil {
+		return err
+	}
+	started := map[string]*store{}
+	for _, s := range d.all {
+		started[s.identity] = s
+	}
+	var problems []string
+	for _, r := range routes {
+		old := primary
+		if r.Datastore != "" {
+			id, err := databaseIdentity(r.Datastore)
+			if err != nil {
+				return fmt.Errorf("recorded datastore %s: %w", r.Datastore, err)
+			}
+			if old = started[id]; old == nil {
+				old = &store{name: "of " + strings.Join(r.Resources, ","), endpoint: r.Datastore, identity: id}
+			}
+		}
+		target := d.routeOf(r.Resources)
+		if target == old {
+			continue
+		}
+		var n int64
+		if old.ds != nil {
+			n, err = old.ds.LiveKeys(ctx, r.Prefix)
+		} else {
+			n, err = datastore.LiveKeysAt(ctx, r.Datastore, cfg.DatastoreTLS.kine(), r.Prefix)
+		}
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("datastore %s (%s) held %s (keys %s), which the flags now route to datastore %s; it cannot be checked for objects left: %v",
+				old.name, old.describe(), strings.Join(r.Resources, " and "), r.Prefix, target.name, err))
+			continue
+		}
+		if n == 0 {
+			if err := primary.ds.ForgetRoute(ctx, r.Datastore, r.Prefix); err != nil {
+				return err
+			}
+			continue
+		}
+		problems = append(problems, fmt.Sprintf("datastore %s (%s) holds %d objects of %s (keys %s), which the flags now route to datastore %s (%s)",
+			old.name, old.describe(), n, strings.Join(r.Resources, " and "), r.Prefix, target.name, target.describe()))
+	}
+	if len(problems) == 0 {
+		return nil
+	}
+	return fmt.Errorf("refusing to start: the API would no longer show these objects:\n  %s\n"+
+		"start with the --datastore-override flags that stored them; to move them, export them with kubectl, delete them, and create them again after the change",
+		strings.Join(problems, "\n  "))
+}
+
+// routeTimeout bounds recording a resource's datastore while its storage
+// is built.
+const routeTimeout = 30 * time.Second
+
+// route is pushdown's Options.Route: the registry of the datastore where
+// the apiserver configured a resource's storage, after recording that the
+// datastore holds the resource. A resource named in --datastore-override
+// whose storage the apiserver puts elsewhere (it shares the keys of another
+// resource, whose override decides) fails instead of being silently kept in
+// the default datastore.
+func (d *datastores) route(resource schema.GroupResource, servers []string, prefix string) (*index.Registry, error) {
+	s, ok := d.byServers[strings.Join(servers, ";")]
+	if !ok {
+		return nil, nil // etcd servers of the user's own: nothing to index
+	}
+	if want, ok := d.byResource[resource]; ok && want != s {
+		return nil, fmt.Errorf("--datastore-override %s/%s: the apiserver stores %s under %s with another resource, in datastore %s; override the resource that owns those keys (e.g. /events for events.k8s.io/events)",
+			resource.Group, resource.Resource, resource, prefix, s.name)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), routeTimeout)
+	defer cancel()
+	if err := d.primary().ds.RecordRoute(ctx, s.recordedAs(d.primary()), resource.String(), prefix); err != nil {
+		return nil, err
+	}
+	return s.registry, nil
+}
+
+// describe logs where each datastore is.
+func (d *datastores) describe(cfg Config) {
+	if len(d.all) == 1 {
+		describeDatastore(cfg, d.primary().ds)
+		return
+	}
+	for _, s := range d.all {
+		logrus.Infof("Datastore %s: %s (etcd API %s)", s.name, s.describe(), s.ds.Endpoint)
+	}
+	if cfg.Snapshots.Cron != "" {
+		logrus.Warnf("--snapshot-schedule saves the default datastore only; back up the datastores of --datastore-override separately")
+	}
+}
+
+// kine is the files as Kine's TLS configuration.
+func (t DatastoreTLS) kine() tls.Config {
+	return tls.Config{CAFile: t.CAFile, CertFile: t.CertFile, KeyFile: t.KeyFile}
+}
+
+// NamedDatastore is one datastore of a server's flags: its name (as in the
+// metrics' datastore label) and DSN ("" for SQLite in the data directory).
+type NamedDatastore struct{ Name, Endpoint string }
+
+// Datastores lists the datastores of a server's flags, the default first,
+// checked as `harikube server` checks them.
+func Datastores(dataDir, endpoint string, overrides []DatastoreOverride) ([]NamedDatastore, error) {
+	d, err := planDatastores(Config{DataDir: dataDir, DatastoreEndpoint: endpoint, DatastoreOverrides: overrides})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]NamedDatastore, len(d.all))
+	for i, s := range d.all {
+		out[i] = NamedDatastore{Name: s.name, Endpoint: s.endpoint}
+	}
+	return out, nil
+}
