@@ -91,6 +91,7 @@ where PostgreSQL is not installed).`,
 	f.StringVar(&binary, "binary", "", "harikube binary to run the servers with (default: this one)")
 	_ = f.MarkHidden("binary")
 	c.AddCommand(newBenchEtcdCommand())
+	c.AddCommand(newBenchSplitCommand())
 	return c
 }
 
