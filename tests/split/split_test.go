@@ -45,7 +45,7 @@ type kind struct {
 	prefix    string // its keys
 	make      func(name string, i int) *unstructured.Unstructured
 	fields    func(u *unstructured.Unstructured) fields.Set
-	fieldSels []string // the first one is the watch's: something new must match it
+	fieldSels []string                           // the first one is the watch's: something new must match it
 	restyle   func(u *unstructured.Unstructured) // an update that changes its indexed values
 }
 
