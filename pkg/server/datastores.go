@@ -86,7 +86,11 @@ func databaseIdentity(dsn string) (string, error) {
 		if db == "" {
 			db = "kubernetes"
 		}
-		return "postgres:" + strings.ToLower(u.Hostname()) + ":" + port + "/" + db, nil
+		host := u.Hostname()
+		if host == "" {
+			host = u.Query().Get("host") // a unix socket directory
+		}
+		return "postgres:" + strings.ToLower(host) + ":" + port + "/" + db, nil
 	}
 	return "", fmt.Errorf("datastore scheme %q is not supported: use sqlite:///absolute/path.db or postgres://user:password@host:5432/database", scheme)
 }
