@@ -93,8 +93,10 @@ func runSplitLayout(ctx context.Context, opts SplitOptions, con *console, dir, l
 	if err := establish(ctx, srv.client, widgetCRD(), widgets, opts.StartTimeout); err != nil {
 		return SplitResult{}, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, opts.Duration)
-	defer cancel()
+	// Clients stop starting creates at end; the rate counts until the last
+	// one in flight is answered.
+	start := time.Now()
+	end := start.Add(opts.Duration)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var failed error
@@ -107,19 +109,16 @@ func runSplitLayout(ctx context.Context, opts SplitOptions, con *console, dir, l
 				defer wg.Done()
 				rc := srv.client.Resource(gvr).Namespace("default")
 				var mine []time.Duration
-				for ctx.Err() == nil {
+				for ctx.Err() == nil && time.Now().Before(end) {
 					obj := splitObject(gvr, seq.Add(1))
-					start := time.Now()
-					_, err := rc.Create(ctx, obj, metav1.CreateOptions{})
-					if err != nil {
-						if ctx.Err() == nil {
-							mu.Lock()
-							failed = errors.Join(failed, fmt.Errorf("create %s: %w", gvr.Resource, err))
-							mu.Unlock()
-						}
+					sent := time.Now()
+					if _, err := rc.Create(ctx, obj, metav1.CreateOptions{}); err != nil {
+						mu.Lock()
+						failed = errors.Join(failed, fmt.Errorf("create %s: %w", gvr.Resource, err))
+						mu.Unlock()
 						break
 					}
-					mine = append(mine, time.Since(start))
+					mine = append(mine, time.Since(sent))
 				}
 				mu.Lock()
 				latencies[gvr.Resource] = append(latencies[gvr.Resource], mine...)
@@ -128,6 +127,7 @@ func runSplitLayout(ctx context.Context, opts SplitOptions, con *console, dir, l
 		}
 	}
 	wg.Wait()
+	elapsed := time.Since(start)
 	if failed != nil {
 		return SplitResult{}, failed
 	}
@@ -135,7 +135,7 @@ func runSplitLayout(ctx context.Context, opts SplitOptions, con *console, dir, l
 	for _, r := range []string{events.Resource, widgets.Resource} {
 		l := latencies[r]
 		sort.Slice(l, func(i, j int) bool { return l[i] < l[j] })
-		rate := SplitRate{Resource: r, Creates: len(l), PerSecond: float64(len(l)) / opts.Duration.Seconds()}
+		rate := SplitRate{Resource: r, Creates: len(l), PerSecond: float64(len(l)) / elapsed.Seconds()}
 		if len(l) > 0 {
 			rate.P50, rate.P99, rate.Max = l[len(l)/2], l[len(l)*99/100], l[len(l)-1]
 		}
