@@ -26,6 +26,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
 	_ "modernc.org/sqlite"
@@ -212,7 +213,7 @@ func TestSplitDatastores(t *testing.T) {
 				t.Errorf("%s %s: created and acknowledged before SIGKILL, missing after restart", k.gvr.Resource, name)
 			}
 		}
-		t.Logf("%s: %d acknowledged creates during the kill, all %d present", k.gvr.Resource, len(acked[k.gvr.Resource]), len(acked[k.gvr.Resource])-missing)
+		t.Logf("%s: %d creates acknowledged while the server was killed, %d of them present after the restart", k.gvr.Resource, len(acked[k.gvr.Resource]), len(acked[k.gvr.Resource])-missing)
 		checkLists(t, s, dyn, k)
 	}
 	checkFiles(t, dir, pgDSN, ks)
@@ -287,14 +288,12 @@ func createCRD(t *testing.T, s *testserver.Server, plural, kind string) {
 		t.Fatalf("create CRD %s: %v", crd.Name, err)
 	}
 	res := dynamic.NewForConfigOrDie(s.Config).Resource(schema.GroupVersionResource{Group: group, Version: "v1", Resource: plural})
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if _, err := res.Namespace("default").List(context.Background(), metav1.ListOptions{Limit: 1}); err == nil {
-			return
-		} else if time.Now().After(deadline) {
-			t.Fatalf("%s not served: %v", crd.Name, err)
-		}
-		time.Sleep(200 * time.Millisecond)
+	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
+		_, err := res.Namespace("default").List(ctx, metav1.ListOptions{Limit: 1})
+		return err == nil, nil
+	})
+	if err != nil {
+		t.Fatalf("%s not served: %v", crd.Name, err)
 	}
 }
 
@@ -575,4 +574,32 @@ func equal(a, b []string) bool {
 		return true
 	}
 	return strings.Join(a, ",") == strings.Join(b, ",")
+}
+
+// TestBadOverrides: each bad --datastore-override stops the server at once
+// with exit 1 and the reason, before anything starts.
+func TestBadOverrides(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--datastore-override=/events"}, "want GROUP/RESOURCE=DSN"},
+		{[]string{"--datastore-override=events=sqlite:///tmp/e.db"}, "is not GROUP/RESOURCE"},
+		{[]string{"--datastore-override=/events=mysql://db/events"}, `scheme "mysql" is not supported`},
+		{[]string{"--datastore-override=/events=sqlite://events.db"}, "must be absolute"},
+		{[]string{"--datastore-override=/events=sqlite:///tmp/e.db", "--datastore-override=/events=sqlite:///tmp/f.db"}, "given twice"},
+		{[]string{"--datastore-override=/events=sqlite://" + filepath.Join(dir, "db", "state.db")}, "that is the default datastore"},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		cmd := exec.CommandContext(ctx, testserver.Binary(t), append([]string{"server", "--data-dir", dir, "--https-listen-port", strconv.Itoa(testserver.FreePort(t))}, c.args...)...)
+		out, _ := cmd.CombinedOutput()
+		cancel()
+		if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(string(out), c.want) {
+			t.Errorf("%v: exit %d, want 1 with %q:\n%s", c.args, code, c.want, lastLines(string(out), 5))
+		}
+	}
+	if entries, _ := filepath.Glob(filepath.Join(dir, "*")); len(entries) > 0 {
+		t.Errorf("a refused start left %v in the data directory", entries)
+	}
 }
