@@ -65,7 +65,8 @@ func databaseIdentity(dsn string) (string, error) {
 	}
 	switch scheme {
 	case "sqlite":
-		path, query, _ := strings.Cut(strings.TrimPrefix(rest, "file:"), "?")
+		path := sqlitePath(rest)
+		_, query, _ := strings.Cut(rest, "?")
 		if path == "" || path == ":memory:" || strings.Contains(query, "mode=memory") {
 			return "", fmt.Errorf("datastore %q: name a database file, e.g. sqlite:///var/lib/harikube/db/events.db", dsn)
 		}
@@ -93,6 +94,12 @@ func databaseIdentity(dsn string) (string, error) {
 		return "postgres:" + strings.ToLower(host) + ":" + port + "/" + db, nil
 	}
 	return "", fmt.Errorf("datastore scheme %q is not supported: use sqlite:///absolute/path.db or postgres://user:password@host:5432/database", scheme)
+}
+
+// sqlitePath is the file of a sqlite:// DSN without its scheme.
+func sqlitePath(dsn string) string {
+	path, _, _ := strings.Cut(strings.TrimPrefix(dsn, "file:"), "?")
+	return path
 }
 
 // store is one in-process datastore and the resources routed to it.
@@ -130,11 +137,16 @@ func (d *datastores) primary() *store { return d.all[0] }
 func planDatastores(cfg Config) (*datastores, error) {
 	def := &store{name: "default", endpoint: cfg.DatastoreEndpoint, identity: "sqlite:" + filepath.Clean(datastore.DatabasePath(cfg.DataDir))}
 	if cfg.DatastoreEndpoint != "" {
-		id, err := databaseIdentity(cfg.DatastoreEndpoint)
-		if err != nil {
-			return nil, fmt.Errorf("--datastore-endpoint: %w", err)
+		// Checked as before by datastore.Start, which also takes a relative
+		// SQLite path: only compared here.
+		def.identity = cfg.DatastoreEndpoint
+		if scheme, rest, _ := strings.Cut(cfg.DatastoreEndpoint, "://"); scheme == "sqlite" {
+			if abs, err := filepath.Abs(sqlitePath(rest)); err == nil {
+				def.identity = "sqlite:" + abs
+			}
+		} else if id, err := databaseIdentity(cfg.DatastoreEndpoint); err == nil {
+			def.identity = id
 		}
-		def.identity = id
 	}
 	d := &datastores{all: []*store{def}, byResource: map[schema.GroupResource]*store{}}
 	if len(cfg.DatastoreOverrides) == 0 {
@@ -178,8 +190,8 @@ func planDatastores(cfg Config) (*datastores, error) {
 }
 
 // overrideSocket is where a datastore other than the default one serves
-// the etcd API: named by its database, short enough for any data directory
-// whose kine.sock fits.
+// the etcd API, named by its database (10 bytes longer than kine.sock: a
+// data directory too long for it is refused, naming the limit).
 func overrideSocket(dataDir, identity string) string {
 	sum := sha256.Sum256([]byte(identity))
 	return filepath.Join(dataDir, "kine-"+hex.EncodeToString(sum[:4])+".sock")
