@@ -8,8 +8,10 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -18,6 +20,7 @@ import (
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apiextensionsclient "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -31,6 +34,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	_ "modernc.org/sqlite"
 
+	"github.com/harikube/harikube/pkg/selectorsql"
 	"github.com/harikube/harikube/tests/pgserver"
 	"github.com/harikube/harikube/tests/testserver"
 )
@@ -192,6 +196,9 @@ func TestSplitDatastores(t *testing.T) {
 		t.Run("watch/"+k.gvr.Resource, func(t *testing.T) { checkWatch(t, dyn, k) })
 	}
 	checkFiles(t, dir, pgDSN, ks)
+	for i, k := range ks[:3] {
+		checkCompaction(t, s, k, []string{"sqlite", "sqlite", "pgx"}[i], []string{sqliteDSN(dir, "events.db"), sqliteDSN(dir, "widgets.db"), pgDSN}[i])
+	}
 
 	// SIGKILL while every resource is written.
 	acked := writeUntilKilled(t, s, dyn, ks)
@@ -248,6 +255,72 @@ func TestSplitDatastores(t *testing.T) {
 	dyn = dynamic.NewForConfigOrDie(s.Config)
 	for _, k := range ks {
 		checkLists(t, s, dyn, k)
+	}
+}
+
+func sqliteDSN(dir, name string) string {
+	return "file:" + filepath.Join(dir, "db", name) + "?mode=ro&_pragma=busy_timeout(10000)"
+}
+
+// etcdAPI connects to the etcd API of the datastore the server logged for
+// name ("Datastore events: ... (etcd API unix://...)").
+func etcdAPI(t *testing.T, s *testserver.Server, name string) *clientv3.Client {
+	t.Helper()
+	log, err := os.ReadFile(s.LogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`Datastore ` + regexp.QuoteMeta(name) + `: [^\n]*\(etcd API (unix://[^)]+)\)`).FindSubmatch(log)
+	if m == nil {
+		t.Fatalf("the server log names no etcd API for datastore %s", name)
+	}
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{string(m[1])}, DialTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// checkCompaction writes one key of the resource many times through its
+// datastore's etcd API, compacts, and checks in the database that the
+// superseded rows and their index rows are gone.
+func checkCompaction(t *testing.T, s *testserver.Server, k kind, driver, dsn string) {
+	t.Helper()
+	const updates = 1500 // kine keeps the newest 1,000 revisions
+	ctx := context.Background()
+	c := etcdAPI(t, s, k.datastore)
+	key := k.prefix + "default/compaction-probe"
+	value, err := k.make("compaction-probe", 3).MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rev int64
+	for range updates {
+		resp, err := c.Put(ctx, key, string(value))
+		if err != nil {
+			t.Fatalf("put %s: %v", key, err)
+		}
+		rev = resp.Header.Revision
+	}
+	if _, err := c.Compact(ctx, rev); err != nil {
+		t.Fatalf("compact datastore %s at %d: %v", k.datastore, rev, err)
+	}
+	db, err := sql.Open(driver, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var rows, orphans int
+	if err := db.QueryRow("SELECT COUNT(*) FROM kine WHERE name = '" + key + "'").Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.QueryRow("SELECT COUNT(*) FROM " + selectorsql.IndexTable + " AS i WHERE NOT EXISTS (SELECT 1 FROM kine AS k WHERE k.id = i.id)").Scan(&orphans); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("datastore %s: %d updates of one key, compacted at %d: %d rows of it left", k.datastore, updates, rev, rows)
+	if rows >= updates-400 || orphans != 0 {
+		t.Errorf("datastore %s after %d updates of one key and a compaction: %d rows of it, %d index rows without their row", k.datastore, updates, rows, orphans)
 	}
 }
 
@@ -473,9 +546,7 @@ func checkFiles(t *testing.T, dir, pgDSN string, ks []kind) {
 			t.Errorf("%s holds no %s", where, k.gvr.Resource)
 		}
 	}
-	sqlite := func(name string) string {
-		return "file:" + filepath.Join(dir, "db", name) + "?mode=ro&_pragma=busy_timeout(10000)"
-	}
+	sqlite := func(name string) string { return sqliteDSN(dir, name) }
 	own(ks[0], read("sqlite", sqlite("events.db")), "events.db")
 	own(ks[1], read("sqlite", sqlite("widgets.db")), "widgets.db")
 	own(ks[2], read("pgx", pgDSN), "PostgreSQL")
