@@ -248,13 +248,13 @@ func Translate(s selection.Selection, fieldIndexed func(string) bool, r Range, a
 func translate(req Request) Filter {
 	s, fieldIndexed, r, allRowsIndexed := req.Selection, req.FieldIndexed, req.Range, req.AllRowsIndexed
 	var terms []term
-	for _, req := range s.Labels {
-		if t, ok := labelTerm(req); ok {
+	for _, requirement := range s.Labels {
+		if t, ok := labelTerm(requirement); ok {
 			terms = append(terms, t)
 		}
 	}
-	for _, req := range s.Fields {
-		if t, ok := fieldTerm(req, fieldIndexed); ok {
+	for _, requirement := range s.Fields {
+		if t, ok := fieldTerm(requirement, fieldIndexed); ok {
 			terms = append(terms, t)
 		}
 	}
