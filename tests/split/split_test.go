@@ -196,6 +196,7 @@ func TestSplitDatastores(t *testing.T) {
 		t.Run("watch/"+k.gvr.Resource, func(t *testing.T) { checkWatch(t, dyn, k) })
 	}
 	checkFiles(t, dir, pgDSN, ks)
+	checkModes(t, dir)
 	for i, k := range ks[:3] {
 		checkCompaction(t, s, k, []string{"sqlite", "sqlite", "pgx"}[i], []string{sqliteDSN(dir, "events.db"), sqliteDSN(dir, "widgets.db"), pgDSN}[i])
 	}
@@ -255,6 +256,25 @@ func TestSplitDatastores(t *testing.T) {
 	dyn = dynamic.NewForConfigOrDie(s.Config)
 	for _, k := range ks {
 		checkLists(t, s, dyn, k)
+	}
+}
+
+// checkModes: the override databases and sockets are the owner's only, as
+// the default ones are.
+func checkModes(t *testing.T, dir string) {
+	t.Helper()
+	socks, _ := filepath.Glob(filepath.Join(dir, "kine-*.sock"))
+	if len(socks) != 3 {
+		t.Errorf("override sockets %v, want 3", socks)
+	}
+	for _, p := range append(socks, filepath.Join(dir, "db", "events.db"), filepath.Join(dir, "db", "widgets.db")) {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v, want 0600", p, fi.Mode().Perm())
+		}
 	}
 }
 
