@@ -207,19 +207,10 @@ func (g *getter) customResourceIndex(res index.Resource, newFunc func() runtime.
 	res.Definition = crdDefinition(crd, version)
 	res.Mutable = true
 	res.LabelsConverted = webhook
-	if !webhook && !hasSelectableFields(crd, version) {
-		res.Extract = metadataOnly(res.Extract)
+	if reduced, ok := reducedExtractor(crd, version, res.Extract); ok && !webhook {
+		res.Extract = reduced
 	}
 	return res, trustAll
-}
-
-func hasSelectableFields(crd *apiextensionsv1.CustomResourceDefinition, version string) bool {
-	for _, v := range crd.Spec.Versions {
-		if v.Name == version {
-			return len(v.SelectableFields) > 0
-		}
-	}
-	return false
 }
 
 func storageVersion(crd *apiextensionsv1.CustomResourceDefinition) string {

@@ -1,39 +1,135 @@
 package pushdown
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"strings"
 
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/harikube/harikube/pkg/index"
 )
 
-// metadataOnly wraps the extractor of a custom resource version without
-// selectable fields and without a conversion webhook. Its selectors see only
-// labels, metadata.name and metadata.namespace, so the wrapped extractor (the
-// storage codec and the resource's own attribute function) is handed just
-// those: decoding, pruning and defaulting a whole object against a schema of
+// reducedExtractor wraps the extractor of a custom resource's storage
+// version (no conversion webhook) so that it is handed only what the
+// version's selectors can see: the type, metadata.name, metadata.namespace,
+// labels and the values at its selectable fields, with the objects on their
+// paths. Decoding, pruning and defaulting a whole object against a schema of
 // hundreds of properties was the largest cost harikube added to a create.
-func metadataOnly(extract index.Extractor) index.Extractor {
+// The wrapped extractor (the storage codec and the resource's own attribute
+// function) still computes the values. ok is false when a selectable field's
+// path could come out differently from a part of the object: a default, an
+// embedded resource, int-or-string or preserved unknown fields on the path.
+func reducedExtractor(crd *apiextensionsv1.CustomResourceDefinition, version string, extract index.Extractor) (_ index.Extractor, ok bool) {
+	var v *apiextensionsv1.CustomResourceDefinitionVersion
+	for i := range crd.Spec.Versions {
+		if crd.Spec.Versions[i].Name == version {
+			v = &crd.Spec.Versions[i]
+		}
+	}
+	if v == nil {
+		return nil, false
+	}
+	var paths [][]string
+	for _, f := range v.SelectableFields {
+		if v.Schema == nil || v.Schema.OpenAPIV3Schema == nil {
+			return nil, false
+		}
+		path, ok := plainPath(v.Schema.OpenAPIV3Schema, f.JSONPath)
+		if !ok {
+			return nil, false
+		}
+		paths = append(paths, path)
+	}
+	return reduced(extract, paths), true
+}
+
+// plainPath splits a selectable field's JSONPath (".spec.color") into
+// property names whose schemas, root to leaf, have no default and nothing
+// that makes the decoded value depend on the rest of the object.
+func plainPath(root *apiextensionsv1.JSONSchemaProps, jsonPath string) ([]string, bool) {
+	if !strings.HasPrefix(jsonPath, ".") || strings.ContainsAny(jsonPath, "[]'\"*\\@$ ") {
+		return nil, false
+	}
+	path := strings.Split(strings.TrimPrefix(jsonPath, "."), ".")
+	node := root
+	for _, name := range path {
+		if name == "" || !plainSchema(node) {
+			return nil, false
+		}
+		child, found := node.Properties[name]
+		if !found {
+			return nil, false
+		}
+		node = &child
+	}
+	return path, plainSchema(node)
+}
+
+func plainSchema(s *apiextensionsv1.JSONSchemaProps) bool {
+	return s.Default == nil && !s.XEmbeddedResource && !s.XIntOrString &&
+		(s.XPreserveUnknownFields == nil || !*s.XPreserveUnknownFields)
+}
+
+// reduced hands extract a document of the value's type, name, namespace and
+// labels, and the values (with their parent objects) at paths.
+func reduced(extract index.Extractor, paths [][]string) index.Extractor {
 	return func(value []byte) (labels.Set, fields.Set, error) {
-		var obj struct {
-			APIVersion string `json:"apiVersion"`
-			Kind       string `json:"kind"`
-			Metadata   struct {
-				Name      string            `json:"name,omitempty"`
-				Namespace string            `json:"namespace,omitempty"`
-				Labels    map[string]string `json:"labels,omitempty"`
-			} `json:"metadata"`
+		var top map[string]json.RawMessage
+		if err := json.Unmarshal(value, &top); err != nil {
+			return nil, nil, fmt.Errorf("decode object: %w", err)
 		}
-		if err := json.Unmarshal(value, &obj); err != nil {
-			return nil, nil, fmt.Errorf("decode metadata: %w", err)
+		var meta struct {
+			Name      string            `json:"name,omitempty"`
+			Namespace string            `json:"namespace,omitempty"`
+			Labels    map[string]string `json:"labels,omitempty"`
 		}
-		reduced, err := json.Marshal(obj)
+		if raw, ok := top["metadata"]; ok {
+			if err := json.Unmarshal(raw, &meta); err != nil {
+				return nil, nil, fmt.Errorf("decode metadata: %w", err)
+			}
+		}
+		doc := map[string]any{"apiVersion": top["apiVersion"], "kind": top["kind"], "metadata": meta}
+		for _, path := range paths {
+			if err := copyPath(doc, top, path); err != nil {
+				return nil, nil, err
+			}
+		}
+		small, err := json.Marshal(doc)
 		if err != nil {
 			return nil, nil, err
 		}
-		return extract(reduced)
+		return extract(small)
 	}
+}
+
+// copyPath copies the value at path from src into dst, creating the objects
+// on the way as they are in src; a missing, null or non-object step ends it
+// as the whole object would.
+func copyPath(dst map[string]any, src map[string]json.RawMessage, path []string) error {
+	for i, name := range path {
+		raw, ok := src[name]
+		if !ok {
+			return nil
+		}
+		trimmed := bytes.TrimSpace(raw)
+		if i == len(path)-1 || len(trimmed) == 0 || trimmed[0] != '{' {
+			dst[name] = raw
+			return nil
+		}
+		var next map[string]json.RawMessage
+		if err := json.Unmarshal(raw, &next); err != nil {
+			return fmt.Errorf("decode %s: %w", strings.Join(path[:i+1], "."), err)
+		}
+		child, ok := dst[name].(map[string]any)
+		if !ok {
+			child = map[string]any{}
+			dst[name] = child
+		}
+		dst, src = child, next
+	}
+	return nil
 }

@@ -17,8 +17,8 @@ import (
 
 var plainThings = schema.GroupVersionResource{Group: "plain.harikube.io", Version: "v1", Resource: "things"}
 
-// TestCustomResourceWithoutSelectableFields covers the extractor that reads
-// only metadata (a CRD version without selectable fields): label and
+// TestCustomResourceWithoutSelectableFields covers the reduced extractor that
+// reads only metadata (a CRD version without selectable fields): label and
 // namespace selectors are answered by the datastore with exact results, and
 // once the CRD gains a selectable field (with a default, which only a
 // whole-object decode applies) its field selector is answered by the
