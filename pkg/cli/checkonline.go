@@ -21,7 +21,7 @@ import (
 )
 
 // checkOnline has the running server check its index page by page.
-func checkOnline(ctx context.Context, kubeconfig string) (*datastore.CheckReport, error) {
+func checkOnline(ctx context.Context, kubeconfig, name string) (*datastore.CheckReport, error) {
 	if kubeconfig == "" {
 		return nil, errors.New("the server is running and no kubeconfig was found to reach it: pass --kubeconfig (a cluster-admin's)")
 	}
@@ -39,7 +39,7 @@ func checkOnline(ctx context.Context, kubeconfig string) (*datastore.CheckReport
 	}
 	for after := int64(0); ; {
 		raw, err := client.CoreV1().RESTClient().Get().AbsPath(server.CheckPath).
-			Param("after", strconv.FormatInt(after, 10)).DoRaw(ctx)
+			Param("after", strconv.FormatInt(after, 10)).Param("datastore", name).DoRaw(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("check through the running server at %s: %w", cfg.Host, err)
 		}

@@ -39,7 +39,7 @@ func newDatastoreCommand() *cobra.Command {
 			if len(overrides) > 0 || only != "" {
 				return checkDatastores(c, dataDir, endpoint, kubeconfig, tlsFiles, overrides, only)
 			}
-			report, err := runCheck(c.Context(), dataDir, endpoint, kubeconfig, tlsFiles)
+			report, err := runCheck(c.Context(), dataDir, endpoint, kubeconfig, "", tlsFiles)
 			if err != nil {
 				return err
 			}
@@ -80,20 +80,9 @@ func checkDatastores(c *cobra.Command, dataDir, endpoint, kubeconfig string, t s
 	if len(chosen) == 0 {
 		return fmt.Errorf("--datastore %q: no such datastore; the flags give %s", only, strings.Join(names, ", "))
 	}
-	if len(chosen) > 1 || chosen[0].Name != "default" {
-		// A running server answers for its default datastore only.
-		unlock, err := server.LockDataDir(dataDir)
-		if errors.Is(err, datastore.ErrInUse) {
-			return fmt.Errorf("%w: stop the server to check the datastores of --datastore-override (a running server checks its default datastore: --datastore default)", err)
-		}
-		if err != nil {
-			return err
-		}
-		unlock()
-	}
 	failed := false
 	for _, s := range chosen {
-		report, err := runCheck(c.Context(), dataDir, s.Endpoint, kubeconfig, t)
+		report, err := runCheck(c.Context(), dataDir, s.Endpoint, kubeconfig, s.Name, t)
 		if err != nil {
 			return fmt.Errorf("datastore %s: %w", s.Name, err)
 		}
@@ -109,7 +98,7 @@ func checkDatastores(c *cobra.Command, dataDir, endpoint, kubeconfig string, t s
 
 // runCheck checks a server's database: offline when the server is stopped,
 // through the server when it runs.
-func runCheck(ctx context.Context, dataDir, endpoint, kubeconfig string, t server.DatastoreTLS) (*datastore.CheckReport, error) {
+func runCheck(ctx context.Context, dataDir, endpoint, kubeconfig, name string, t server.DatastoreTLS) (*datastore.CheckReport, error) {
 	scheme, dsn, _ := strings.Cut(endpoint, "://")
 	path := datastore.DatabasePath(dataDir)
 	switch scheme {
@@ -117,7 +106,7 @@ func runCheck(ctx context.Context, dataDir, endpoint, kubeconfig string, t serve
 		// The database's writer lock tells whether a server runs on it.
 		report, err := datastore.CheckPostgres(ctx, dsn, tls.Config{CAFile: t.CAFile, CertFile: t.CertFile, KeyFile: t.KeyFile})
 		if errors.Is(err, datastore.ErrInUse) {
-			return checkOnline(ctx, checkKubeconfig(dataDir, kubeconfig))
+			return checkOnline(ctx, checkKubeconfig(dataDir, kubeconfig), name)
 		}
 		return report, err
 	case "sqlite":
@@ -131,7 +120,7 @@ func runCheck(ctx context.Context, dataDir, endpoint, kubeconfig string, t serve
 	}
 	unlock, err := server.LockDataDir(dataDir)
 	if errors.Is(err, datastore.ErrInUse) {
-		return checkOnline(ctx, checkKubeconfig(dataDir, kubeconfig))
+		return checkOnline(ctx, checkKubeconfig(dataDir, kubeconfig), name)
 	}
 	if err != nil {
 		return nil, err

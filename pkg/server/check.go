@@ -9,9 +9,10 @@ import (
 	"github.com/harikube/harikube/pkg/datastore"
 )
 
-// CheckPath is where a running server checks its datastore's index with the
-// definitions it serves: GET with the query parameters after (a revision)
-// and limit, answered with a CheckPage. It is a non-resource URL, so only
+// CheckPath is where a running server checks a datastore's index with the
+// definitions it serves: GET with the query parameters datastore (a name the
+// server logs; default "default"), after (a revision) and limit, answered
+// with a CheckPage. It is a non-resource URL, so only
 // users RBAC grants it (cluster-admin) may run the check.
 const CheckPath = "/harikube/v1/datastore/check"
 
@@ -26,7 +27,7 @@ type CheckPage struct {
 // the apiserver's request timeout.
 const maxCheckPage = 5000
 
-func checkHandler(ds *datastore.Datastore) http.Handler {
+func checkHandler(find func(name string) (*datastore.Datastore, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet {
 			http.Error(w, "use GET", http.StatusMethodNotAllowed)
@@ -35,6 +36,11 @@ func checkHandler(ds *datastore.Datastore) http.Handler {
 		after, limit, err := checkParams(r)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		ds, err := find(r.URL.Query().Get("datastore"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusNotFound)
 			return
 		}
 		report, last, more, err := ds.Check(r.Context(), after, limit)

@@ -363,6 +363,21 @@ func (d *datastores) route(resource schema.GroupResource, servers []string, pref
 	return s.registry, nil
 }
 
+// byName finds a datastore by the name the server logs ("" is "default").
+func (d *datastores) byName(name string) (*datastore.Datastore, error) {
+	if name == "" {
+		name = "default"
+	}
+	var names []string
+	for _, s := range d.all {
+		if s.name == name {
+			return s.ds, nil
+		}
+		names = append(names, s.name)
+	}
+	return nil, fmt.Errorf("no datastore %q; this server has %s", name, strings.Join(names, ", "))
+}
+
 // describe logs where each datastore is.
 func (d *datastores) describe(cfg Config) {
 	if len(d.all) == 1 {

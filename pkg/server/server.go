@@ -199,7 +199,7 @@ func Run(ctx context.Context, cfg Config) error {
 	args := withUserArgs(withUserArgs(own, pkiArgs), cfg.APIServerArgs)
 	var paths map[string]http.Handler
 	if !cfg.UnindexedDatastore {
-		paths = map[string]http.Handler{CheckPath: checkHandler(ds)}
+		paths = map[string]http.Handler{CheckPath: checkHandler(stores.byName)}
 	}
 	api, err := apiserver.New(apiCtx, args, wrap, paths)
 	if err != nil {

@@ -201,6 +201,10 @@ func TestSplitDatastores(t *testing.T) {
 		checkCompaction(t, s, k, []string{"sqlite", "sqlite", "pgx"}[i], []string{sqliteDSN(dir, "events.db"), sqliteDSN(dir, "widgets.db"), pgDSN}[i])
 	}
 
+	// The running server checks each datastore with the definitions it
+	// serves.
+	checkAll(t, s, dir, overrideArgs, "through the running server")
+
 	// SIGKILL while every resource is written.
 	acked := writeUntilKilled(t, s, dyn, ks)
 	s.Restart(t)
@@ -229,15 +233,7 @@ func TestSplitDatastores(t *testing.T) {
 		t.Fatalf("stop: exit code %d", code)
 	}
 
-	// Check every datastore offline, then one.
-	out, code := s.Run(t, append([]string{"datastore", "check", "--data-dir", dir}, overrideFlags(overrideArgs)...)...)
-	if code != 0 || strings.Count(out, "ok:") != 4 {
-		t.Fatalf("datastore check of all datastores: exit %d\n%s", code, out)
-	}
-	out, code = s.Run(t, append([]string{"datastore", "check", "--data-dir", dir, "--datastore", "events"}, overrideFlags(overrideArgs)...)...)
-	if code != 0 || strings.Count(out, "ok:") != 1 || !strings.Contains(out, "events") {
-		t.Fatalf("datastore check --datastore events: exit %d\n%s", code, out)
-	}
+	checkAll(t, s, dir, overrideArgs, "offline")
 
 	// Refusals: events dropped (back to the default), widgets moved to
 	// another file.
@@ -342,6 +338,21 @@ func checkCompaction(t *testing.T, s *testserver.Server, k kind, driver, dsn str
 	if rows >= updates-400 || orphans != 0 {
 		t.Errorf("datastore %s after %d updates of one key and a compaction: %d rows of it, %d index rows without their row", k.datastore, updates, rows, orphans)
 	}
+}
+
+// checkAll runs `harikube datastore check` on every datastore of the
+// flags, then on one.
+func checkAll(t *testing.T, s *testserver.Server, dir string, overrideArgs []string, how string) {
+	t.Helper()
+	out, code := s.Run(t, append([]string{"datastore", "check", "--data-dir", dir}, overrideFlags(overrideArgs)...)...)
+	if code != 0 || strings.Count(out, "ok:") != 4 {
+		t.Fatalf("datastore check of all datastores %s: exit %d\n%s", how, code, out)
+	}
+	out, code = s.Run(t, append([]string{"datastore", "check", "--data-dir", dir, "--datastore", "events"}, overrideFlags(overrideArgs)...)...)
+	if code != 0 || strings.Count(out, "ok:") != 1 || !strings.Contains(out, "datastore events:") {
+		t.Fatalf("datastore check --datastore events %s: exit %d\n%s", how, code, out)
+	}
+	t.Logf("datastore check %s:\n%s", how, out)
 }
 
 func objName(k kind, i int) string { return fmt.Sprintf("%c-%05d", k.gvr.Resource[0], i) }
