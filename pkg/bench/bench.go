@@ -60,12 +60,16 @@ type Options struct {
 // Result is one mode at one size. Each mode runs one server, whose data set
 // grows from size to size.
 type Result struct {
-	Mode           string       `json:"mode"`
-	N              int          `json:"n"`
-	StartupSeconds float64      `json:"startup_seconds"`
-	Create         Throughput   `json:"create"`
-	Lists          []ListResult `json:"lists"`
-	Watch          Latency      `json:"watch"`
+	Mode           string     `json:"mode"`
+	N              int        `json:"n"`
+	StartupSeconds float64    `json:"startup_seconds"`
+	Create         Throughput `json:"create"`
+	// Update and Delete time min(N, 2,000) merge patches and deletes of
+	// extra widgets, created for them after the other measurements.
+	Update Throughput   `json:"update"`
+	Delete Throughput   `json:"delete"`
+	Lists  []ListResult `json:"lists"`
+	Watch  Latency      `json:"watch"`
 	// ServerPeakRSSBytes is the harikube server's VmHWM at the end.
 	ServerPeakRSSBytes int64 `json:"server_peak_rss_bytes"`
 	// EtcdPeakRSSBytes is the etcd helper's, in the etcd mode.
@@ -339,6 +343,9 @@ func measureSize(ctx context.Context, opts Options, con *console, srv *server, p
 			return err
 		}
 		con.printf("  %-44s p50 %9.2f ms  p95 %9.2f ms  (%d events)\n", "watch decile=7, create→event", res.Watch.P50Ms, res.Watch.P95Ms, res.Watch.Samples)
+	}
+	if res.Update, res.Delete, err = measureChurn(ctx, c, res.N, opts.Workers, con); err != nil {
+		return err
 	}
 	return nil
 }

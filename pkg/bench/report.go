@@ -114,6 +114,8 @@ func (r *Report) WriteText(w io.Writer) {
 			return res.Watch.P50Ms, res.Watch.P95Ms, res.Watch.Samples > 0
 		}))
 		rows = append(rows, r.single(fmt.Sprintf("creates/s (%d clients)", r.Workers), modes, n, func(res Result) float64 { return res.Create.PerSecond }))
+		rows = append(rows, r.single(fmt.Sprintf("updates/s (%d clients)", r.Workers), modes, n, func(res Result) float64 { return res.Update.PerSecond }))
+		rows = append(rows, r.single(fmt.Sprintf("deletes/s (%d clients)", r.Workers), modes, n, func(res Result) float64 { return res.Delete.PerSecond }))
 		rows = append(rows, r.single("peak RSS, MiB", modes, n, func(res Result) float64 {
 			return float64(res.ServerPeakRSSBytes+res.EtcdPeakRSSBytes) / (1 << 20)
 		}))

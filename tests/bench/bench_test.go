@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"encoding/xml"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,11 +26,12 @@ func TestBenchAllModes(t *testing.T) {
 	const n = 50
 	dir := t.TempDir()
 	out := filepath.Join(dir, "results.json")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	chart := filepath.Join(dir, "results.svg")
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "bench", "--sizes", "50", "--modes", "all",
 		"--repeat", "2", "--budget", "1s", "--watch-samples", "2", "--workers", "4",
-		"--json", out, "--work-dir", dir)
+		"--mixed-duration", "2s", "--json", out, "--chart", chart, "--work-dir", dir)
 	var output bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &output, &output
 	if err := cmd.Run(); err != nil {
@@ -74,6 +76,9 @@ func TestBenchAllModes(t *testing.T) {
 		if res.Create.Objects != n || res.Create.PerSecond <= 0 {
 			t.Errorf("%s: create throughput %+v, want %d objects at a positive rate", res.Mode, res.Create, n)
 		}
+		if res.Update.Objects != n || res.Update.PerSecond <= 0 || res.Delete.Objects != n || res.Delete.PerSecond <= 0 {
+			t.Errorf("%s: updates %+v, deletes %+v; want %d of each at a positive rate", res.Mode, res.Update, res.Delete, n)
+		}
 		if res.Watch.Samples != 2 || res.Watch.P50Ms <= 0 {
 			t.Errorf("%s: watch latency %+v, want 2 samples", res.Mode, res.Watch)
 		}
@@ -82,6 +87,9 @@ func TestBenchAllModes(t *testing.T) {
 		}
 		if res.ServerPeakAnonBytes <= 0 || res.ServerPeakAnonBytes > res.ServerPeakRSSBytes {
 			t.Errorf("%s: peak anonymous RSS %d, want positive and at most the peak RSS %d", res.Mode, res.ServerPeakAnonBytes, res.ServerPeakRSSBytes)
+		}
+		if res.IdleAnonBytes <= 0 || res.IdleAnonBytes > res.ServerPeakAnonBytes {
+			t.Errorf("%s: idle anonymous RSS %d, want positive and at most the peak %d", res.Mode, res.IdleAnonBytes, res.ServerPeakAnonBytes)
 		}
 		if (res.Mode == "etcd") != (res.EtcdPeakRSSBytes > 0) {
 			t.Errorf("%s: etcd peak RSS %d", res.Mode, res.EtcdPeakRSSBytes)
@@ -103,6 +111,28 @@ func TestBenchAllModes(t *testing.T) {
 				t.Errorf("%s: no result for workload %s", res.Mode, w)
 			}
 		}
+	}
+	if len(rep.Mixed) != len(bench.Modes) {
+		t.Fatalf("%d mixed workload results, want one per mode (%d)", len(rep.Mixed), len(bench.Modes))
+	}
+	for i, m := range rep.Mixed {
+		if m.Mode != bench.Modes[i].Name || m.Clients != 20 || m.PropertiesInSchema < 300 {
+			t.Errorf("mixed result %d: mode %s, %d clients, %d schema properties", i, m.Mode, m.Clients, m.PropertiesInSchema)
+		}
+		// Every create is followed by a LIST that returned exactly its object.
+		if m.Requests < 2 || m.Creates.Samples != m.Lists.Samples || m.Creates.Samples+m.Lists.Samples != m.Requests ||
+			m.PerSecond <= 0 || m.All.P95Ms < m.All.P50Ms || m.CPUSeconds <= 0 || m.CPUSecondsPer1000 <= 0 {
+			t.Errorf("mixed %s: %+v", m.Mode, m)
+		}
+	}
+	svg, err := os.ReadFile(chart)
+	if err != nil {
+		t.Fatalf("chart: %v", err)
+	}
+	if err := xml.Unmarshal(svg, new(struct {
+		XMLName xml.Name `xml:"svg"`
+	})); err != nil {
+		t.Errorf("chart is not an SVG document: %v", err)
 	}
 	if len(rep.Targets) != 4 {
 		t.Errorf("%d targets, want 4", len(rep.Targets))

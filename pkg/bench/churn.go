@@ -1,0 +1,88 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+)
+
+// maxChurn bounds the extra widgets each size updates and deletes.
+const maxChurn = 2000
+
+// churnWidget is extra widget k: its labels and shard match no LIST
+// workload, and it is deleted again before the next size.
+func churnWidget(k int) *unstructured.Unstructured {
+	return &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": group + "/v1",
+		"kind":       "Widget",
+		"metadata": map[string]any{
+			"name":      fmt.Sprintf("churn-%07d", k),
+			"namespace": namespace,
+			"labels":    map[string]any{"bench-churn": "true"},
+		},
+		"spec": map[string]any{"shard": fmt.Sprintf("churn-%d", k), "payload": payload(-1000 - k)},
+	}}
+}
+
+// measureChurn creates min(n, maxChurn) extra widgets, then times an update
+// of each (a merge patch of spec.payload) and a delete of each with the
+// seeding clients, leaving the data set as it was.
+func measureChurn(ctx context.Context, c dynamic.Interface, n, workers int, con *console) (updates, deletes Throughput, err error) {
+	rc := c.Resource(widgets).Namespace(namespace)
+	count := min(n, maxChurn)
+	var retries atomic.Int64
+	if _, err := inParallel(ctx, con, "creating widgets to update and delete", 0, count, workers, func(k int) error {
+		return createWithRetry(ctx, rc, churnWidget(k), &retries)
+	}); err != nil {
+		return updates, deletes, fmt.Errorf("create churn widgets: %w", err)
+	}
+	retries.Store(0)
+	elapsed, err := inParallel(ctx, con, "updating", 0, count, workers, func(k int) error {
+		patch := fmt.Appendf(nil, `{"spec":{"payload":%q}}`, payload(-2000-k))
+		return withRetry(ctx, &retries, false, func() error {
+			_, err := rc.Patch(ctx, churnWidget(k).GetName(), types.MergePatchType, patch, metav1.PatchOptions{})
+			return err
+		})
+	})
+	if err != nil {
+		return updates, deletes, fmt.Errorf("update: %w", err)
+	}
+	updates = Throughput{Objects: count, Workers: workers, Seconds: elapsed.Seconds(), PerSecond: float64(count) / elapsed.Seconds(), Retries: retries.Swap(0)}
+	elapsed, err = inParallel(ctx, con, "deleting", 0, count, workers, func(k int) error {
+		return withRetry(ctx, &retries, true, func() error {
+			return rc.Delete(ctx, churnWidget(k).GetName(), metav1.DeleteOptions{})
+		})
+	})
+	if err != nil {
+		return updates, deletes, fmt.Errorf("delete: %w", err)
+	}
+	deletes = Throughput{Objects: count, Workers: workers, Seconds: elapsed.Seconds(), PerSecond: float64(count) / elapsed.Seconds(), Retries: retries.Load()}
+	con.printf("  %d updates: %.0f/s; %d deletes: %.0f/s (%d clients)\n", count, updates.PerSecond, count, deletes.PerSecond, workers)
+	return updates, deletes, nil
+}
+
+// withRetry repeats a request that failed transiently; for a delete, not
+// found after a repeated attempt means the earlier attempt deleted it.
+func withRetry(ctx context.Context, retries *atomic.Int64, isDelete bool, do func() error) error {
+	const attempts = 5
+	for attempt := 0; ; attempt++ {
+		err := do()
+		switch {
+		case err == nil:
+			return nil
+		case isDelete && attempt > 0 && apierrors.IsNotFound(err):
+			return nil
+		case attempt+1 == attempts || ctx.Err() != nil || !transient(err):
+			return err
+		}
+		retries.Add(1)
+		time.Sleep(time.Duration(attempt+1) * 200 * time.Millisecond)
+	}
+}
