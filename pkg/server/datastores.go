@@ -328,12 +328,54 @@ func (d *datastores) checkRoutes(ctx context.Context, cfg Config) error {
 		problems = append(problems, fmt.Sprintf("datastore %s (%s) holds %d objects of %s (keys %s), which the flags now route to datastore %s (%s)",
 			old.name, old.describe(), n, strings.Join(r.Resources, " and "), r.Prefix, target.name, target.describe()))
 	}
+	unrecorded, err := d.checkUnrecorded(ctx, routes)
+	if err != nil {
+		return err
+	}
+	problems = append(problems, unrecorded...)
 	if len(problems) == 0 {
 		return nil
 	}
 	return fmt.Errorf("refusing to start: the API would no longer show these objects:\n  %s\n"+
 		"start with the --datastore-override flags that stored them; to move them, export them with kubectl, delete them, and create them again after the change",
 		strings.Join(problems, "\n  "))
+}
+
+// checkUnrecorded covers overrides of resources no earlier start recorded
+// (a database written before routes were recorded): the default datastore
+// must hold no objects at the resource's usual key prefix, /registry/RESOURCE/
+// for the core group and /registry/GROUP/RESOURCE/ (custom resources) for
+// others. A built-in resource of another group is stored at a prefix this
+// cannot know and is not checked.
+func (d *datastores) checkUnrecorded(ctx context.Context, routes []datastore.Route) ([]string, error) {
+	recorded := map[string]bool{}
+	for _, r := range routes {
+		for _, res := range r.Resources {
+			recorded[res] = true
+		}
+	}
+	primary := d.primary()
+	var problems []string
+	for _, s := range d.all[1:] {
+		for _, gr := range s.resources {
+			if recorded[gr.String()] {
+				continue
+			}
+			prefix := "/registry/" + gr.Resource + "/"
+			if gr.Group != "" {
+				prefix = "/registry/" + gr.Group + "/" + gr.Resource + "/"
+			}
+			n, err := primary.ds.LiveKeys(ctx, prefix)
+			if err != nil {
+				return nil, err
+			}
+			if n > 0 {
+				problems = append(problems, fmt.Sprintf("datastore %s (%s) holds %d objects of %s (keys %s), which the flags now route to datastore %s (%s)",
+					primary.name, primary.describe(), n, gr, prefix, s.name, s.describe()))
+			}
+		}
+	}
+	return problems, nil
 }
 
 // routeTimeout bounds recording a resource's datastore while its storage

@@ -246,6 +246,10 @@ func TestSplitDatastores(t *testing.T) {
 	// Adding an override for a resource the default datastore holds.
 	added := append(append([]string{}, overrideArgs...), "--data-dir", dir, "--datastore-override="+group+"/gadgets=sqlite://"+filepath.Join(dir, "db", "gadgets.db"))
 	refused(t, s, added, "gadgets."+group, "/registry/"+group+"/gadgets/", "default")
+	// The same from a database whose routes were never recorded (an older
+	// harikube's): the resource's usual keys are looked at.
+	forgetRoutes(t, dir)
+	refused(t, s, added, "gadgets."+group, "/registry/"+group+"/gadgets/", "default")
 
 	// The same flags again: everything is there.
 	s.Restart(t)
@@ -353,6 +357,20 @@ func checkAll(t *testing.T, s *testserver.Server, dir string, overrideArgs []str
 		t.Fatalf("datastore check --datastore events %s: exit %d\n%s", how, code, out)
 	}
 	t.Logf("datastore check %s:\n%s", how, out)
+}
+
+// forgetRoutes empties the default datastore's record of routes, as a
+// database written before harikube recorded them.
+func forgetRoutes(t *testing.T, dir string) {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, "db", "state.db")+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec("DELETE FROM harikube_routes"); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func objName(k kind, i int) string { return fmt.Sprintf("%c-%05d", k.gvr.Resource[0], i) }
