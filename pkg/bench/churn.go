@@ -19,16 +19,8 @@ const maxChurn = 2000
 // churnWidget is extra widget k: its labels and shard match no LIST
 // workload, and it is deleted again before the next size.
 func churnWidget(k int) *unstructured.Unstructured {
-	return &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": group + "/v1",
-		"kind":       "Widget",
-		"metadata": map[string]any{
-			"name":      fmt.Sprintf("churn-%07d", k),
-			"namespace": namespace,
-			"labels":    map[string]any{"bench-churn": "true"},
-		},
-		"spec": map[string]any{"shard": fmt.Sprintf("churn-%d", k), "payload": payload(-1000 - k)},
-	}}
+	return newWidget(fmt.Sprintf("churn-%07d", k), map[string]any{"bench-churn": "true"},
+		fmt.Sprintf("churn-%d", k), payload(-1000-k))
 }
 
 // measureChurn creates min(n, maxChurn) extra widgets, then times an update

@@ -68,19 +68,20 @@ func widgetName(i int) string { return fmt.Sprintf("w-%07d", i) }
 // widget is seeded object i. Its labels make selectors match one object
 // (id), 0.1 % (permille) and 10 % (decile); spec.shard is unique.
 func widget(i int) *unstructured.Unstructured {
+	return newWidget(widgetName(i), map[string]any{
+		"id":       strconv.Itoa(i),
+		"permille": strconv.Itoa(i % 1000),
+		"decile":   strconv.Itoa(i % 10),
+	}, shard(i), payload(i))
+}
+
+// newWidget is a widget in the bench's namespace.
+func newWidget(name string, labels map[string]any, shard, payload string) *unstructured.Unstructured {
 	return &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": group + "/v1",
 		"kind":       "Widget",
-		"metadata": map[string]any{
-			"name":      widgetName(i),
-			"namespace": namespace,
-			"labels": map[string]any{
-				"id":       strconv.Itoa(i),
-				"permille": strconv.Itoa(i % 1000),
-				"decile":   strconv.Itoa(i % 10),
-			},
-		},
-		"spec": map[string]any{"shard": shard(i), "payload": payload(i)},
+		"metadata":   map[string]any{"name": name, "namespace": namespace, "labels": labels},
+		"spec":       map[string]any{"shard": shard, "payload": payload},
 	}}
 }
 
@@ -96,16 +97,8 @@ func payload(i int) string {
 // watch's decile=7 selector and no LIST workload (which are all done by
 // then).
 func watchWidget(k int) *unstructured.Unstructured {
-	return &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": group + "/v1",
-		"kind":       "Widget",
-		"metadata": map[string]any{
-			"name":      fmt.Sprintf("watch-%04d", k),
-			"namespace": namespace,
-			"labels":    map[string]any{"decile": "7", "bench-watch": "true"},
-		},
-		"spec": map[string]any{"shard": fmt.Sprintf("watch-%d", k), "payload": payload(-k - 1)},
-	}}
+	return newWidget(fmt.Sprintf("watch-%04d", k), map[string]any{"decile": "7", "bench-watch": "true"},
+		fmt.Sprintf("watch-%d", k), payload(-k-1))
 }
 
 // Workload is one timed LIST: its selectors, its page size (0: one
