@@ -8,14 +8,20 @@ import (
 	"fmt"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/k3s-io/kine/pkg/tls"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/harikube/harikube/pkg/datastore"
 	"github.com/harikube/harikube/pkg/index"
@@ -128,6 +134,9 @@ type datastores struct {
 	all        []*store // the default first
 	byResource map[schema.GroupResource]*store
 	byServers  map[string]*store // etcd endpoint → store, once started
+
+	mu   sync.Mutex
+	seen map[schema.GroupResource]bool // resources whose storage route() configured
 }
 
 func (d *datastores) primary() *store { return d.all[0] }
@@ -389,6 +398,12 @@ const routeTimeout = 30 * time.Second
 // resource, whose override decides) fails instead of being silently kept in
 // the default datastore.
 func (d *datastores) route(resource schema.GroupResource, servers []string, prefix string) (*index.Registry, error) {
+	d.mu.Lock()
+	if d.seen == nil {
+		d.seen = map[schema.GroupResource]bool{}
+	}
+	d.seen[resource] = true
+	d.mu.Unlock()
 	s, ok := d.byServers[strings.Join(servers, ";")]
 	if !ok {
 		return nil, nil // etcd servers of the user's own: nothing to index
@@ -418,6 +433,68 @@ func (d *datastores) byName(name string) (*datastore.Datastore, error) {
 		names = append(names, s.name)
 	}
 	return nil, fmt.Errorf("no datastore %q; this server has %s", name, strings.Join(names, ", "))
+}
+
+// checkOverridesApplied fails when the apiserver serves a resource named in
+// --datastore-override from storage built for another resource (which the
+// override does not reach): events.k8s.io's Events are stored as the core
+// group's. A custom resource's storage is built on its first request, so
+// each overridden resource served but not seen yet is read once first.
+func (d *datastores) checkOverridesApplied(ctx context.Context, kubeconfig string) error {
+	if len(d.all) == 1 {
+		return nil
+	}
+	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return fmt.Errorf("load admin kubeconfig %s: %w", kubeconfig, err)
+	}
+	disc, err := discovery.NewDiscoveryClientForConfig(rc)
+	if err != nil {
+		return err
+	}
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return err
+	}
+	// Partial discovery failures (an aggregated API down) leave those
+	// resources out; they are not harikube's storage anyway.
+	lists, _ := disc.ServerPreferredResources()
+	var served []schema.GroupVersionResource
+	for _, l := range lists {
+		gv, err := schema.ParseGroupVersion(l.GroupVersion)
+		if err != nil {
+			continue
+		}
+		for _, r := range l.APIResources {
+			if _, overridden := d.byResource[gv.WithResource(r.Name).GroupResource()]; overridden {
+				served = append(served, gv.WithResource(r.Name))
+			}
+		}
+	}
+	var wrong []string
+	for _, gvr := range served {
+		d.mu.Lock()
+		seen := d.seen[gvr.GroupResource()]
+		d.mu.Unlock()
+		if !seen {
+			_, _ = dyn.Resource(gvr).List(ctx, metav1.ListOptions{Limit: 1})
+			d.mu.Lock()
+			seen = d.seen[gvr.GroupResource()]
+			d.mu.Unlock()
+		}
+		if !seen {
+			wrong = append(wrong, gvr.Group+"/"+gvr.Resource)
+		}
+	}
+	for gr := range d.byResource {
+		if !slices.ContainsFunc(served, func(gvr schema.GroupVersionResource) bool { return gvr.GroupResource() == gr }) {
+			logrus.Warnf("--datastore-override %s/%s: the API serves no such resource yet (a custom resource's definition may come later)", gr.Group, gr.Resource)
+		}
+	}
+	if len(wrong) > 0 {
+		return fmt.Errorf("--datastore-override %s: the apiserver stores it with the keys of another resource, which the override does not reach; override that resource instead (e.g. /events, which also holds events.k8s.io/events)", strings.Join(wrong, ", "))
+	}
+	return nil
 }
 
 // describe logs where each datastore is.

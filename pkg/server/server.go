@@ -229,6 +229,10 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		return err
 	}
+	if err := stores.checkOverridesApplied(ctx, kubeconfig); err != nil {
+		_ = stopAPIAndWait()
+		return err
+	}
 	logrus.Infof("API server: %s", apiURL)
 	logrus.Infof("Admin kubeconfig: %s", kubeconfig)
 

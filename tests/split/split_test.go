@@ -722,4 +722,16 @@ func TestBadOverrides(t *testing.T) {
 	if entries, _ := filepath.Glob(filepath.Join(dir, "*")); len(entries) > 0 {
 		t.Errorf("a refused start left %v in the data directory", entries)
 	}
+
+	// events.k8s.io's Events are stored as the core group's: an override
+	// of the former alone would not move them, and stops the server.
+	other := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, testserver.Binary(t), "server", "--data-dir", other, "--bind-address", "127.0.0.1",
+		"--https-listen-port", strconv.Itoa(testserver.FreePort(t)), "--datastore-override=events.k8s.io/events=sqlite://"+filepath.Join(other, "db", "events.db"))
+	out, _ := cmd.CombinedOutput()
+	if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(string(out), "override that resource instead (e.g. /events") {
+		t.Errorf("override of events.k8s.io/events: exit %d, want 1 naming /events:\n%s", code, lastLines(string(out), 5))
+	}
 }
