@@ -242,10 +242,19 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode) (results [
 	}
 	con.printf("idle: anonymous RSS %s\n", mib(idle))
 
+	cpu := func() (float64, error) {
+		total, err := cpuSeconds(srv.cmd.Process.Pid)
+		if err == nil && etcd != nil {
+			var e float64
+			e, err = cpuSeconds(etcd.cmd.Process.Pid)
+			total += e
+		}
+		return total, err
+	}
 	seeded := 0
 	for _, n := range opts.Sizes {
 		res := Result{Mode: m.Name, N: n, StartupSeconds: startup, IdleAnonBytes: idle}
-		if err := measureSize(ctx, opts, con, srv, prof, seeded, &res); err != nil {
+		if err := measureSize(ctx, opts, con, srv, cpu, prof, seeded, &res); err != nil {
 			return results, nil, fmt.Errorf("N=%d: %w", n, err)
 		}
 		seeded = n
@@ -274,15 +283,6 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode) (results [
 	}
 
 	if opts.Mixed.Duration > 0 && len(results) > 0 {
-		cpu := func() (float64, error) {
-			total, err := cpuSeconds(srv.cmd.Process.Pid)
-			if err == nil && etcd != nil {
-				var e float64
-				e, err = cpuSeconds(etcd.cmd.Process.Pid)
-				total += e
-			}
-			return total, err
-		}
 		r, err := runMixed(ctx, opts.Mixed, con, srv, cpu, prof, seeded)
 		if err != nil {
 			return results, nil, fmt.Errorf("mixed workload: %w", err)
@@ -318,12 +318,15 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode) (results [
 
 // measureSize grows the data set from seeded to res.N objects and measures
 // the LISTs and the WATCH at that size.
-func measureSize(ctx context.Context, opts Options, con *console, srv *server, prof profiles, seeded int, res *Result) error {
+func measureSize(ctx context.Context, opts Options, con *console, srv *server, cpu func() (float64, error), prof profiles, seeded int, res *Result) error {
 	con.printf("[%s, N=%d]\n", res.Mode, res.N)
 	c := srv.client
 	var err error
 	profiled := prof.cpu(ctx, srv, res.N, "seed", seedProfileLength(res.N-seeded))
-	if res.Create, err = seed(ctx, c, seeded, res.N, opts.Workers, con); err != nil {
+	if err := withCPU(cpu, &res.Create, func() (err error) {
+		res.Create, err = seed(ctx, c, seeded, res.N, opts.Workers, con)
+		return err
+	}); err != nil {
 		return err
 	}
 	if err := profiled(); err != nil {
@@ -344,7 +347,7 @@ func measureSize(ctx context.Context, opts Options, con *console, srv *server, p
 		}
 		con.printf("  %-44s p50 %9.2f ms  p95 %9.2f ms  (%d events)\n", "watch decile=7, create→event", res.Watch.P50Ms, res.Watch.P95Ms, res.Watch.Samples)
 	}
-	if res.Update, res.Delete, err = measureChurn(ctx, c, res.N, opts.Workers, con); err != nil {
+	if res.Update, res.Delete, err = measureChurn(ctx, c, cpu, res.N, opts.Workers, con); err != nil {
 		return err
 	}
 	return nil
@@ -383,3 +386,23 @@ func (s *server) idleAnon(ctx context.Context) (int64, error) {
 
 // idleSettle lets the controller manager finish its start-up syncs.
 const idleSettle = 10 * time.Second
+
+// withCPU runs a timed phase and sets t's server CPU seconds per 1,000
+// operations from the server's CPU time before and after.
+func withCPU(cpu func() (float64, error), t *Throughput, phase func() error) error {
+	before, err := cpu()
+	if err != nil {
+		return err
+	}
+	if err := phase(); err != nil {
+		return err
+	}
+	after, err := cpu()
+	if err != nil {
+		return err
+	}
+	if t.Objects > 0 {
+		t.CPUSecondsPer1000 = (after - before) / float64(t.Objects) * 1000
+	}
+	return nil
+}

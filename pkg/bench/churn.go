@@ -26,7 +26,7 @@ func churnWidget(k int) *unstructured.Unstructured {
 // measureChurn creates min(n, maxChurn) extra widgets, then times an update
 // of each (a merge patch of spec.payload) and a delete of each with the
 // seeding clients, leaving the data set as it was.
-func measureChurn(ctx context.Context, c dynamic.Interface, n, workers int, con *console) (updates, deletes Throughput, err error) {
+func measureChurn(ctx context.Context, c dynamic.Interface, cpu func() (float64, error), n, workers int, con *console) (updates, deletes Throughput, err error) {
 	rc := c.Resource(widgets).Namespace(namespace)
 	count := min(n, maxChurn)
 	var retries atomic.Int64
@@ -35,28 +35,31 @@ func measureChurn(ctx context.Context, c dynamic.Interface, n, workers int, con 
 	}); err != nil {
 		return updates, deletes, fmt.Errorf("create churn widgets: %w", err)
 	}
-	retries.Store(0)
-	elapsed, err := inParallel(ctx, con, "updating", 0, count, workers, func(k int) error {
-		patch := fmt.Appendf(nil, `{"spec":{"payload":%q}}`, payload(-2000-k))
-		return withRetry(ctx, &retries, false, func() error {
-			_, err := rc.Patch(ctx, churnWidget(k).GetName(), types.MergePatchType, patch, metav1.PatchOptions{})
+	timed := func(what string, isDelete bool, do func(k int) error) (t Throughput, err error) {
+		retries.Store(0)
+		err = withCPU(cpu, &t, func() error {
+			elapsed, err := inParallel(ctx, con, what, 0, count, workers, func(k int) error {
+				return withRetry(ctx, &retries, isDelete, func() error { return do(k) })
+			})
+			t = Throughput{Objects: count, Workers: workers, Seconds: elapsed.Seconds(), PerSecond: float64(count) / elapsed.Seconds(), Retries: retries.Load()}
 			return err
 		})
-	})
-	if err != nil {
+		return t, err
+	}
+	if updates, err = timed("updating", false, func(k int) error {
+		patch := fmt.Appendf(nil, `{"spec":{"payload":%q}}`, payload(-2000-k))
+		_, err := rc.Patch(ctx, churnWidget(k).GetName(), types.MergePatchType, patch, metav1.PatchOptions{})
+		return err
+	}); err != nil {
 		return updates, deletes, fmt.Errorf("update: %w", err)
 	}
-	updates = Throughput{Objects: count, Workers: workers, Seconds: elapsed.Seconds(), PerSecond: float64(count) / elapsed.Seconds(), Retries: retries.Swap(0)}
-	elapsed, err = inParallel(ctx, con, "deleting", 0, count, workers, func(k int) error {
-		return withRetry(ctx, &retries, true, func() error {
-			return rc.Delete(ctx, churnWidget(k).GetName(), metav1.DeleteOptions{})
-		})
-	})
-	if err != nil {
+	if deletes, err = timed("deleting", true, func(k int) error {
+		return rc.Delete(ctx, churnWidget(k).GetName(), metav1.DeleteOptions{})
+	}); err != nil {
 		return updates, deletes, fmt.Errorf("delete: %w", err)
 	}
-	deletes = Throughput{Objects: count, Workers: workers, Seconds: elapsed.Seconds(), PerSecond: float64(count) / elapsed.Seconds(), Retries: retries.Load()}
-	con.printf("  %d updates: %.0f/s; %d deletes: %.0f/s (%d clients)\n", count, updates.PerSecond, count, deletes.PerSecond, workers)
+	con.printf("  %d updates: %.0f/s, %.2f CPU s per 1,000; %d deletes: %.0f/s, %.2f CPU s per 1,000 (%d clients)\n",
+		count, updates.PerSecond, updates.CPUSecondsPer1000, count, deletes.PerSecond, deletes.CPUSecondsPer1000, workers)
 	return updates, deletes, nil
 }
 

@@ -116,6 +116,9 @@ func (r *Report) WriteText(w io.Writer) {
 		rows = append(rows, r.single(fmt.Sprintf("creates/s (%d clients)", r.Workers), modes, n, func(res Result) float64 { return res.Create.PerSecond }))
 		rows = append(rows, r.single(fmt.Sprintf("updates/s (%d clients)", r.Workers), modes, n, func(res Result) float64 { return res.Update.PerSecond }))
 		rows = append(rows, r.single(fmt.Sprintf("deletes/s (%d clients)", r.Workers), modes, n, func(res Result) float64 { return res.Delete.PerSecond }))
+		rows = append(rows, r.single("server CPU s per 1,000 creates", modes, n, func(res Result) float64 { return res.Create.CPUSecondsPer1000 }))
+		rows = append(rows, r.single("server CPU s per 1,000 updates", modes, n, func(res Result) float64 { return res.Update.CPUSecondsPer1000 }))
+		rows = append(rows, r.single("server CPU s per 1,000 deletes", modes, n, func(res Result) float64 { return res.Delete.CPUSecondsPer1000 }))
 		rows = append(rows, r.single("peak RSS, MiB", modes, n, func(res Result) float64 {
 			return float64(res.ServerPeakRSSBytes+res.EtcdPeakRSSBytes) / (1 << 20)
 		}))

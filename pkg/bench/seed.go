@@ -76,6 +76,9 @@ type Throughput struct {
 	PerSecond float64 `json:"per_second"`
 	// Retries counts creates repeated after a transient error.
 	Retries int64 `json:"retries"`
+	// CPUSecondsPer1000 is the server's CPU time (with etcd's in the etcd
+	// mode) per 1,000 operations: steadier than the rate on a busy machine.
+	CPUSecondsPer1000 float64 `json:"cpu_seconds_per_1000,omitempty"`
 }
 
 // seed creates widgets from..n-1 with the given number of concurrent
