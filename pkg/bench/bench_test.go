@@ -126,7 +126,10 @@ func TestTargetsAndTable(t *testing.T) {
 		fakeResult("kine-stock", 100000, 700, 1000, 900<<20),
 	}
 	r.Targets = evaluateTargets(r)
-	want := []string{statusMet, statusMet, statusMissed, statusMet, statusMissing}
+	want := []string{statusMet, statusMet, statusMissed, statusMissing, statusMissed, statusMissing}
+	if len(r.Targets) != len(want) {
+		t.Fatalf("%d targets, want %d", len(r.Targets), len(want))
+	}
 	for i, tg := range r.Targets {
 		if tg.Status != want[i] {
 			t.Errorf("target %q: %s (%s), want %s", tg.Name, tg.Status, tg.Detail, want[i])

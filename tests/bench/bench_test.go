@@ -134,8 +134,8 @@ func TestBenchAllModes(t *testing.T) {
 	})); err != nil {
 		t.Errorf("chart is not an SVG document: %v", err)
 	}
-	if len(rep.Targets) != 4 {
-		t.Errorf("%d targets, want 4", len(rep.Targets))
+	if len(rep.Targets) != 6 {
+		t.Errorf("%d targets, want 6", len(rep.Targets))
 	}
 }
 
