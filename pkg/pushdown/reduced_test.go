@@ -2,6 +2,7 @@ package pushdown
 
 import (
 	"bytes"
+	"fmt"
 	"maps"
 	"testing"
 
@@ -90,16 +91,23 @@ func splitPaths(paths []string) [][]string {
 
 // TestReducedOnlyForPlainPaths: a default, an embedded resource or
 // preserved unknown fields on a selectable field's path keep the whole
-// object decode, whose result depends on more than the path.
+// object decode, whose result depends on more than the path; so does a
+// small schema.
 func TestReducedOnlyForPlainPaths(t *testing.T) {
 	str := apiextensionsv1.JSONSchemaProps{Type: "string"}
 	withDefault := str
 	withDefault.Default = &apiextensionsv1.JSON{Raw: []byte(`"grey"`)}
 	yes := true
+	// filler makes the schema large enough for the reduced value.
+	filler := map[string]apiextensionsv1.JSONSchemaProps{}
+	for i := range minReducedProperties {
+		filler[fmt.Sprintf("p%d", i)] = str
+	}
 	crd := func(spec apiextensionsv1.JSONSchemaProps, paths ...string) *apiextensionsv1.CustomResourceDefinition {
 		v := apiextensionsv1.CustomResourceDefinitionVersion{Name: "v1", Storage: true,
 			Schema: &apiextensionsv1.CustomResourceValidation{OpenAPIV3Schema: &apiextensionsv1.JSONSchemaProps{
-				Type: "object", Properties: map[string]apiextensionsv1.JSONSchemaProps{"spec": spec}}}}
+				Type: "object", Properties: map[string]apiextensionsv1.JSONSchemaProps{"spec": spec,
+					"status": {Type: "object", Properties: filler}}}}}
 		for _, p := range paths {
 			v.SelectableFields = append(v.SelectableFields, apiextensionsv1.SelectableField{JSONPath: p})
 		}
@@ -129,5 +137,10 @@ func TestReducedOnlyForPlainPaths(t *testing.T) {
 		if _, ok := reducedExtractor(c.crd, "v1", extract); ok != c.want {
 			t.Errorf("%s: reduced %v, want %v", c.name, ok, c.want)
 		}
+	}
+	small := crd(object(map[string]apiextensionsv1.JSONSchemaProps{"color": str}), ".spec.color")
+	small.Spec.Versions[0].Schema.OpenAPIV3Schema.Properties["status"] = apiextensionsv1.JSONSchemaProps{Type: "object"}
+	if _, ok := reducedExtractor(small, "v1", extract); ok {
+		t.Error("a 3-property schema is reduced; its whole-object decode is cheaper")
 	}
 }
