@@ -31,7 +31,7 @@ func TestBenchAllModes(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "bench", "--sizes", "50", "--modes", "all",
 		"--repeat", "2", "--budget", "1s", "--watch-samples", "2", "--workers", "4",
-		"--mixed-duration", "2s", "--json", out, "--chart", chart, "--work-dir", dir)
+		"--mixed-duration", "2s", "--history-objects", "30", "--json", out, "--chart", chart, "--work-dir", dir)
 	var output bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &output, &output
 	if err := cmd.Run(); err != nil {
