@@ -20,7 +20,8 @@ import (
 // TestSupersededHistory writes objects whose selected label and field
 // change, change back, are deleted and created again, and compares every
 // selected read (current, at an older revision, paged across a write) with
-// the selectors applied to an unselected read of the same revision; then it
+// the selectors applied to an unselected read of the same revision, before
+// and after a compaction at the older revision; then it
 // turns the database into one from before superseded_by existed, starts
 // again and checks the same while and after the rows are marked.
 func TestSupersededHistory(t *testing.T) {
@@ -57,6 +58,17 @@ func testSupersededHistory(t *testing.T, s store) {
 	write(11, "failed")
 
 	db := s.sql(t)
+	checkReads(t, c, older)
+	checkMarks(t, db)
+	// Compaction at the older revision keeps what reads at it need, and
+	// every remaining mark names a remaining next revision.
+	rows := scalar(t, db, "SELECT COUNT(*) FROM kine")
+	if _, err := c.Compact(context.Background(), older); err != nil {
+		t.Fatal(err)
+	}
+	if after := scalar(t, db, "SELECT COUNT(*) FROM kine"); after >= rows {
+		t.Fatalf("compaction removed no rows (%d, then %d)", rows, after)
+	}
 	checkReads(t, c, older)
 	checkMarks(t, db)
 	db.Close()
