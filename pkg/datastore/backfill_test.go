@@ -1,10 +1,7 @@
 package datastore
 
 import (
-	"context"
 	"testing"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/harikube/harikube/pkg/index"
 )
@@ -25,19 +22,7 @@ func testBackfilledRowsUnderConfirmedDefinition(t *testing.T, s store) {
 	put(t, e.client, prefix+"ns/a", object("a", nil, "blue"))
 	e.stop()
 
-	ctx, cancel := context.WithCancel(context.Background())
-	ds, err := Start(ctx, Options{DataDir: s.dir, Endpoint: s.endpoint, Unindexed: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{ds.Endpoint}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	put(t, c, prefix+"ns/b", object("b", nil, "blue"))
-	c.Close()
-	cancel()
-	ds.Wait()
+	putWithStockKine(t, s, prefix+"ns/b", object("b", nil, "blue"))
 
 	registry = index.NewRegistry()
 	e = start(t, s, registry)
