@@ -26,8 +26,11 @@ func TestWatchSeesEveryRevisionUnderConcurrentWrites(t *testing.T) {
 func testWatchUnderConcurrentWrites(t *testing.T, f *fixture) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	const writers, writesEach, watches = 8, 150, 30
+	const writers, writesEach, watches, writesAfter = 8, 150, 30, 5
 
+	// Writers keep going until every watch has started and then write a few
+	// more each, so every watch starts during the writes however fast they are.
+	allStarted := make(chan struct{})
 	var mu sync.Mutex
 	written := map[int64]string{} // revision → key
 	var latest int64
@@ -37,7 +40,13 @@ func testWatchUnderConcurrentWrites(t *testing.T, f *fixture) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for n := range writesEach {
+			after := 0
+			for n := 0; n < writesEach || after < writesAfter; n++ {
+				select {
+				case <-allStarted:
+					after++
+				default:
+				}
 				key := fmt.Sprintf("/pods/ns/w%d-%d", w, n)
 				resp, err := f.client.KV.Put(ctx, key, "x")
 				if err != nil {
@@ -60,32 +69,29 @@ func testWatchUnderConcurrentWrites(t *testing.T, f *fixture) {
 		w    clientv3.WatchChan
 	}
 	var started []*watcher
-	for len(started) < watches {
+	for range watches {
 		select {
-		case <-done:
 		case <-time.After(20 * time.Millisecond):
-			mu.Lock()
-			from := latest + 1
-			mu.Unlock()
-			started = append(started, &watcher{from: from, got: map[int64]bool{}, w: f.client.Watch(ctx, "/pods/", clientv3.WithPrefix(), clientv3.WithRev(from))})
-			continue
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
 		}
-		break
+		mu.Lock()
+		from := latest + 1
+		mu.Unlock()
+		started = append(started, &watcher{from: from, got: map[int64]bool{}, w: f.client.Watch(ctx, "/pods/", clientv3.WithPrefix(), clientv3.WithRev(from))})
 	}
+	close(allStarted)
 	<-done
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
-	}
-	if len(started) < watches/2 {
-		t.Fatalf("only %d watches started during the writes", len(started))
 	}
 	mu.Lock()
 	end := latest
 	mu.Unlock()
 	for i, wt := range started {
 		if wt.from > end {
-			continue // started after the last write: nothing to receive
+			t.Fatalf("watch %d from revision %d started after the last write (%d)", i, wt.from, end)
 		}
 		deadline := time.After(10 * time.Second)
 		for last := int64(0); last < end; {
