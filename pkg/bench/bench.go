@@ -52,6 +52,17 @@ type Options struct {
 	// the heap after each size and the CPU during seeding (and the mixed
 	// workload).
 	ProfileDir string
+	// MemoryLimit caps the memory of the bench and everything it starts
+	// (a cgroup, as a container's limit); a mode whose server the kernel
+	// kills at the cap ends reported, and the next mode runs. 0: no cap.
+	MemoryLimit int64
+	// ModeBudget bounds each mode's time; a mode that spends it ends
+	// reported with the figures so far. 0: no bound.
+	ModeBudget time.Duration
+	// MaxListObjects skips the LIST workloads that would return more
+	// objects than this (at 1,000,000 the 10 % and all-objects LISTs);
+	// 0 skips none.
+	MaxListObjects int
 	// Command is the command line, recorded in the results.
 	Command string
 	Out     io.Writer
@@ -102,12 +113,32 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	rep := newReport(opts)
 	con.printf("harikube bench: sizes %v, modes %v, %d timed runs per LIST (at most %s each), %d watch samples, %d seeding clients\n",
 		opts.Sizes, ModeNames(opts.Modes), opts.Repetition.Runs, opts.Repetition.Budget, opts.WatchSamples, opts.Workers)
+	var memCap *memoryCap
+	if opts.MemoryLimit > 0 {
+		var release func() error
+		var err error
+		if memCap, release, err = capMemory(opts.MemoryLimit); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if err := release(); err != nil {
+				con.printf("%v\n", err)
+			}
+		}()
+		con.printf("memory of the bench and its servers capped at %s (cgroup %s)\n", gib(opts.MemoryLimit), memCap.dir)
+	}
 	var runErr error
 	for _, m := range opts.Modes {
-		results, mixed, err := runMode(ctx, opts, con, m)
+		results, mixed, err := runMode(ctx, opts, con, m, memCap)
 		rep.Results = append(rep.Results, results...)
 		if mixed != nil {
 			rep.Mixed = append(rep.Mixed, *mixed)
+		}
+		var ended *modeEnded
+		if errors.As(err, &ended) {
+			rep.Ended = append(rep.Ended, ended.end)
+			con.printf("[%s] ended: %s\n", m.Name, ended.end.Reason)
+			continue
 		}
 		if err != nil {
 			runErr = fmt.Errorf("mode %s: %w", m.Name, err)
@@ -178,9 +209,15 @@ func (o *Options) complete() error {
 // runMode starts a fresh server (and etcd) for a mode in a temporary
 // directory and measures each size in turn, growing the same data set;
 // then it stops the server and removes the directory.
-func runMode(ctx context.Context, opts Options, con *console, m Mode) (results []Result, mixed *MixedResult, err error) {
+func runMode(ctx context.Context, opts Options, con *console, m Mode, memCap *memoryCap) (results []Result, mixed *MixedResult, err error) {
 	begin := time.Now()
 	con.printf("\n[%s] %s\n", m.Name, m.Description)
+	ender, err := newModeEnder(m.Name, opts.ModeBudget, memCap)
+	if err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel := ender.withBudget(ctx)
+	defer cancel()
 	dir, err := os.MkdirTemp(opts.WorkDir, "harikube-bench-"+m.Name+"-")
 	if err != nil {
 		return nil, nil, err
@@ -224,21 +261,22 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode) (results [
 	start := time.Now()
 	srv, err := startServer(ctx, opts.Binary, dir, args, opts.StartTimeout)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, ender.end(ctx, err, nil, etcd, 0, nil)
 	}
 	defer func() {
 		if srv != nil {
 			_ = srv.stop(time.Minute)
 		}
 	}()
+	ender.dbDir = dbDir
 	startup := time.Since(start).Seconds()
 	con.printf("server ready in %.1fs (pid %d)\n", startup, srv.cmd.Process.Pid)
 	if err := createCRD(ctx, srv.client, time.Minute); err != nil {
-		return nil, nil, err
+		return nil, nil, ender.end(ctx, err, srv, etcd, 0, nil)
 	}
 	idle, err := srv.idleAnon(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, ender.end(ctx, err, srv, etcd, 0, nil)
 	}
 	con.printf("idle: anonymous RSS %s\n", mib(idle))
 
@@ -255,7 +293,7 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode) (results [
 	for _, n := range opts.Sizes {
 		res := Result{Mode: m.Name, N: n, StartupSeconds: startup, IdleAnonBytes: idle}
 		if err := measureSize(ctx, opts, con, srv, cpu, prof, seeded, &res); err != nil {
-			return results, nil, fmt.Errorf("N=%d: %w", n, err)
+			return results, nil, ender.end(ctx, fmt.Errorf("N=%d: %w", n, err), srv, etcd, seeded, &res)
 		}
 		seeded = n
 		if res.ServerPeakRSSBytes, err = srv.peakRSS(); err != nil {
@@ -285,7 +323,7 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode) (results [
 	if opts.Mixed.Duration > 0 && len(results) > 0 {
 		r, err := runMixed(ctx, opts.Mixed, con, srv, cpu, prof, seeded)
 		if err != nil {
-			return results, nil, fmt.Errorf("mixed workload: %w", err)
+			return results, nil, ender.end(ctx, fmt.Errorf("mixed workload: %w", err), srv, etcd, seeded, nil)
 		}
 		r.Mode = m.Name
 		mixed = &r
@@ -294,7 +332,7 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode) (results [
 	if opts.History.Objects > 0 && len(results) > 0 {
 		h, err := runHistory(ctx, opts.History, opts.Repetition, opts.Workers, con, srv.client)
 		if err != nil {
-			return results, mixed, fmt.Errorf("history workload: %w", err)
+			return results, mixed, ender.end(ctx, fmt.Errorf("history workload: %w", err), srv, etcd, seeded, nil)
 		}
 		h.Mode = m.Name
 		results[len(results)-1].History = &h
@@ -333,6 +371,10 @@ func measureSize(ctx context.Context, opts Options, con *console, srv *server, c
 		return err
 	}
 	for _, w := range Workloads() {
+		if matches := w.Matches(res.N); opts.MaxListObjects > 0 && matches > opts.MaxListObjects {
+			con.printf("  %-44s skipped: %d objects (--max-list-objects %d)\n", w.Title, matches, opts.MaxListObjects)
+			continue
+		}
 		lr, err := measureList(ctx, c, w, res.N, opts.Repetition)
 		if err != nil {
 			return err

@@ -26,6 +26,8 @@ type Report struct {
 	// Mixed is the mixed workload in each mode.
 	Mixed   []MixedResult `json:"mixed,omitempty"`
 	Targets []Target      `json:"targets,omitempty"`
+	// Ended are the modes that ended early (memory, time, etcd's quota).
+	Ended []ModeEnd `json:"ended,omitempty"`
 	// Error is set when the run failed; Results hold what finished.
 	Error string `json:"error,omitempty"`
 }
@@ -141,6 +143,7 @@ func (r *Report) WriteText(w io.Writer) {
 	}
 	r.writeMixed(w)
 	r.writeHistory(w)
+	r.writeEnded(w)
 	if len(r.Targets) > 0 {
 		fmt.Fprintln(w, "Targets (reported, not enforced):")
 		for _, t := range r.Targets {

@@ -82,20 +82,25 @@ type Throughput struct {
 }
 
 // seed creates widgets from..n-1 with the given number of concurrent
-// clients, showing a progress line every second.
+// clients, showing a progress line every second. When it fails it still
+// returns how many it created, and how fast.
 func seed(ctx context.Context, c dynamic.Interface, from, n, workers int, con *console) (Throughput, error) {
 	rc := c.Resource(widgets).Namespace(namespace)
-	var retries atomic.Int64
+	var retries, created atomic.Int64
 	elapsed, err := inParallel(ctx, con, "seeding", from, n, workers, func(i int) error {
 		if err := createWithRetry(ctx, rc, widget(i), &retries); err != nil {
 			return fmt.Errorf("create %s: %w", widgetName(i), err)
 		}
+		created.Add(1)
 		return nil
 	})
-	if err != nil {
-		return Throughput{}, err
+	if err == nil {
+		err = ctx.Err() // the workers stop quietly when the context ends
 	}
-	t := Throughput{Objects: n - from, Workers: workers, Seconds: elapsed.Seconds(), PerSecond: float64(n-from) / elapsed.Seconds(), Retries: retries.Load()}
+	t := Throughput{Objects: int(created.Load()), Workers: workers, Seconds: elapsed.Seconds(), PerSecond: float64(created.Load()) / elapsed.Seconds(), Retries: retries.Load()}
+	if err != nil {
+		return t, err
+	}
 	con.printf("seeded %d objects (%d→%d) in %.1fs with %d clients: %.0f creates/s\n", t.Objects, from, n, t.Seconds, workers, t.PerSecond)
 	return t, nil
 }

@@ -139,6 +139,17 @@ func Workloads() []Workload {
 		match: func(int) bool { return true }})
 }
 
+// Matches counts the seeded objects among n that the workload returns.
+func (w Workload) Matches(n int) int {
+	count := 0
+	for i := 0; i < n; i++ {
+		if w.match(i) {
+			count++
+		}
+	}
+	return count
+}
+
 // Expected returns the sorted names the workload must return among n
 // seeded objects.
 func (w Workload) Expected(n int) []string {

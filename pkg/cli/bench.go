@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/harikube/harikube/pkg/bench"
 )
@@ -16,6 +17,7 @@ func newBenchCommand() *cobra.Command {
 	var (
 		quick                bool
 		sizes, modes, binary string
+		memoryLimit          string
 		opts                 = bench.Options{Workers: 16, WatchSamples: 20}
 	)
 	c := &cobra.Command{
@@ -63,6 +65,13 @@ where PostgreSQL is not installed).`,
 			if quick && !c.Flags().Changed("history-objects") {
 				opts.History.Objects = 5000
 			}
+			if memoryLimit != "" {
+				q, err := resource.ParseQuantity(memoryLimit)
+				if err != nil || q.Value() <= 0 {
+					return fmt.Errorf("--memory-limit: %q is not a positive amount of memory, e.g. 10Gi", memoryLimit)
+				}
+				opts.MemoryLimit = q.Value()
+			}
 			opts.Binary = binary
 			opts.Out = c.OutOrStdout()
 			opts.Command = strings.Join(os.Args, " ")
@@ -88,6 +97,9 @@ where PostgreSQL is not installed).`,
 	f.IntVar(&opts.Mixed.Clients, "mixed-clients", 20, "concurrent clients of the mixed workload")
 	f.IntVar(&opts.History.Objects, "history-objects", 20000, "tasks of the history workload, all but 10 changed once (5000 with --quick; 0 skips it)")
 	f.StringVar(&opts.ProfileDir, "profile-dir", "", "save pprof profiles of each server here: heap after each size, CPU while seeding (go tool pprof reads them)")
+	f.StringVar(&memoryLimit, "memory-limit", "", "cap the memory of the bench and its servers (a cgroup v1 memory cgroup, e.g. 10Gi); a mode killed at the cap ends reported and the next mode runs")
+	f.DurationVar(&opts.ModeBudget, "mode-budget", 0, "bound each mode's time (e.g. 30m); a mode that spends it ends reported with the figures so far (0: no bound)")
+	f.IntVar(&opts.MaxListObjects, "max-list-objects", 0, "skip the LIST workloads that would return more objects than this, e.g. 10000 at N = 1,000,000 (0: skip none)")
 	f.StringVar(&binary, "binary", "", "harikube binary to run the servers with (default: this one)")
 	_ = f.MarkHidden("binary")
 	c.AddCommand(newBenchEtcdCommand())

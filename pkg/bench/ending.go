@@ -1,0 +1,190 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// ModeEnd is a mode that ended before its last size for a reason the bench
+// expects at large N: out of memory under --memory-limit, its --mode-budget
+// spent, etcd's quota full, or a server that exited. The bench reports it
+// with the figures so far and goes on with the next mode.
+type ModeEnd struct {
+	Mode string `json:"mode"`
+	// Cause is "memory", "time", "etcd-quota" or "exited".
+	Cause  string `json:"cause"`
+	Reason string `json:"reason"`
+	// Seconds is how long the mode ran.
+	Seconds float64 `json:"seconds"`
+	// Reached is the size being measured when it ended: N is the objects
+	// created by then, Create the rate of those of this size, and the LISTs
+	// and watch hold what was measured at this size before the end.
+	Reached Result `json:"reached"`
+	// CgroupPeakBytes is the memory cgroup's peak during the mode (the bench
+	// process included, page cache too), with --memory-limit.
+	CgroupPeakBytes int64 `json:"cgroup_peak_bytes,omitempty"`
+}
+
+// modeEnded carries a ModeEnd out of runMode.
+type modeEnded struct{ end ModeEnd }
+
+func (e *modeEnded) Error() string { return e.end.Reason }
+
+// errModeBudget is the cause of a mode's context when --mode-budget ran out.
+var errModeBudget = errors.New("mode budget spent")
+
+// modeEnder turns an error in a mode into a ModeEnd when it is one of the
+// ends the bench reports.
+type modeEnder struct {
+	mode   string
+	begin  time.Time
+	budget time.Duration
+	memCap *memoryCap
+	// oomBefore is the cgroup's OOM kill count when the mode began.
+	oomBefore int64
+	dbDir     string
+}
+
+func newModeEnder(mode string, budget time.Duration, memCap *memoryCap) (*modeEnder, error) {
+	e := &modeEnder{mode: mode, begin: time.Now(), budget: budget, memCap: memCap}
+	if memCap != nil {
+		if err := memCap.resetPeak(); err != nil {
+			return nil, err
+		}
+		var err error
+		if e.oomBefore, err = memCap.oomKills(); err != nil {
+			return nil, fmt.Errorf("memory cgroup: %w", err)
+		}
+	}
+	return e, nil
+}
+
+// withBudget bounds the mode's context by --mode-budget.
+func (e *modeEnder) withBudget(ctx context.Context) (context.Context, context.CancelFunc) {
+	if e.budget <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeoutCause(ctx, e.budget, errModeBudget)
+}
+
+// end returns a *modeEnded for an expected end, with what was measured at
+// the size being reached (res, nil when the end came after the last size;
+// seeded objects existed before it); any other error is returned as it is.
+// srv is nil when the server did not start.
+func (e *modeEnder) end(ctx context.Context, err error, srv *server, etcd *process, seeded int, res *Result) error {
+	cause, reason := e.classify(ctx, err, srv, etcd)
+	if cause == "" {
+		return err
+	}
+	reached := Result{Mode: e.mode, N: seeded}
+	if res != nil {
+		reached = *res
+		reached.N = seeded + res.Create.Objects
+	}
+	if srv != nil {
+		reached.ServerPeakRSSBytes = peakRSSOrSampled(srv.process)
+		reached.ServerPeakAnonBytes = srv.peakAnon.Load()
+	}
+	if etcd != nil {
+		reached.EtcdPeakRSSBytes = peakRSSOrSampled(etcd)
+		reached.EtcdPeakAnonBytes = etcd.peakAnon.Load()
+	}
+	if e.dbDir != "" {
+		reached.DatabaseBytes, _ = dirSize(e.dbDir)
+	}
+	end := ModeEnd{Mode: e.mode, Cause: cause, Reason: reason, Seconds: time.Since(e.begin).Seconds(), Reached: reached}
+	if e.memCap != nil {
+		end.CgroupPeakBytes, _ = e.memCap.peak()
+	}
+	return &modeEnded{end: end}
+}
+
+// classify names the end an error is, or returns "" when it is a failure.
+func (e *modeEnder) classify(ctx context.Context, err error, srv *server, etcd *process) (cause, reason string) {
+	var procs []*process
+	if srv != nil {
+		procs = append(procs, srv.process)
+	}
+	if etcd != nil {
+		procs = append(procs, etcd)
+	}
+	// A killed process is noticed a moment after its clients see the
+	// connection go.
+	var gone *process
+	for deadline := time.Now().Add(3 * time.Second); gone == nil && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		for _, p := range procs {
+			if p.exited() {
+				gone = p
+				break
+			}
+		}
+		if gone == nil && !isConnectionError(err) {
+			break
+		}
+	}
+	if e.memCap != nil {
+		if kills, kerr := e.memCap.oomKills(); kerr == nil && kills > e.oomBefore {
+			who := "a process"
+			if gone != nil {
+				who = gone.name
+			}
+			return "memory", fmt.Sprintf("out of memory: the kernel's OOM killer ended %s at the memory limit of %s (--memory-limit)", who, gib(e.memCap.limit))
+		}
+	}
+	if gone != nil {
+		return "exited", fmt.Sprintf("%s exited: %v", gone.name, gone.err)
+	}
+	if strings.Contains(err.Error(), "database space exceeded") {
+		return "etcd-quota", "etcd's quota is full (mvcc: database space exceeded)"
+	}
+	if errors.Is(context.Cause(ctx), errModeBudget) {
+		return "time", fmt.Sprintf("time budget of %s spent (--mode-budget)", e.budget)
+	}
+	return "", ""
+}
+
+// isConnectionError is a transport error rather than an API error: what a
+// client sees when its server has gone.
+func isConnectionError(err error) bool {
+	return !isStatusError(err) && !errors.Is(err, context.Canceled)
+}
+
+// peakRSSOrSampled is the kernel's peak RSS of a live process, else the
+// largest sample of one that has exited.
+func peakRSSOrSampled(p *process) int64 {
+	if p.exited() {
+		return p.peakResident.Load()
+	}
+	if v, err := p.peakRSS(); err == nil {
+		return v
+	}
+	return p.peakResident.Load()
+}
+
+func gib(b int64) string { return fmt.Sprintf("%.1f GiB", float64(b)/(1<<30)) }
+
+// writeEnded prints the modes that ended early, with the figures reached.
+func (r *Report) writeEnded(w io.Writer) {
+	if len(r.Ended) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "Modes that ended before their last size:")
+	for _, e := range r.Ended {
+		res := e.Reached
+		fmt.Fprintf(w, "  %s: %s, after %.0f s, at N = %d (%d created at %.0f creates/s in this size); peak RSS %s (anonymous %s), database %s",
+			e.Mode, e.Reason, e.Seconds, res.N, res.Create.Objects, res.Create.PerSecond,
+			mib(res.ServerPeakRSSBytes+res.EtcdPeakRSSBytes), mib(res.ServerPeakAnonBytes+res.EtcdPeakAnonBytes), mib(res.DatabaseBytes))
+		if e.CgroupPeakBytes > 0 {
+			fmt.Fprintf(w, "; memory cgroup peak %s", mib(e.CgroupPeakBytes))
+		}
+		fmt.Fprintln(w)
+		for _, l := range res.Lists {
+			fmt.Fprintf(w, "    %-44s p50 %9.2f ms  p95 %9.2f ms\n", l.Title, l.P50Ms, l.P95Ms)
+		}
+	}
+	fmt.Fprintln(w)
+}
