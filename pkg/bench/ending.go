@@ -132,11 +132,12 @@ func (e *modeEnder) classify(ctx context.Context, err error, srv *server, etcd *
 			if gone != nil {
 				who = gone.name
 			}
-			return "memory", fmt.Sprintf("out of memory: the kernel's OOM killer ended %s at the memory limit of %s (--memory-limit)", who, gib(e.memCap.limit))
+			return "memory", fmt.Sprintf("out of memory: the kernel's OOM killer ended %s at the memory limit of %s (--memory-limit); the bench saw: %s",
+				who, gib(e.memCap.limit), firstLine(err))
 		}
 	}
 	if gone != nil {
-		return "exited", fmt.Sprintf("%s exited: %v", gone.name, gone.err)
+		return "exited", fmt.Sprintf("%s exited: %v; the bench saw: %s", gone.name, gone.err, firstLine(err))
 	}
 	if strings.Contains(err.Error(), "database space exceeded") {
 		return "etcd-quota", "etcd's quota is full (mvcc: database space exceeded)"
@@ -165,7 +166,17 @@ func peakRSSOrSampled(p *process) int64 {
 	return p.peakResident.Load()
 }
 
-func gib(b int64) string { return fmt.Sprintf("%.1f GiB", float64(b)/(1<<30)) }
+func gib(b int64) string {
+	if b < 1<<30 {
+		return mib(b)
+	}
+	return fmt.Sprintf("%.1f GiB", float64(b)/(1<<30))
+}
+
+func firstLine(err error) string {
+	line, _, _ := strings.Cut(err.Error(), "\n")
+	return line
+}
 
 // writeEnded prints the modes that ended early, with the figures reached.
 func (r *Report) writeEnded(w io.Writer) {
