@@ -1,6 +1,8 @@
 package datastore
 
 import (
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -82,4 +84,94 @@ func mustParse(t *testing.T, s string) []labels.Requirement {
 	}
 	reqs, _ := sel.Requirements()
 	return reqs
+}
+
+// TestPostgresPlanForPage: a page of a 10 % selection among 100,000 objects
+// walks the index of its value in key order from the page's start key and
+// stops at the limit, at the current revision and an older one: the index
+// rows read (EXPLAIN ANALYZE's actual rows) are about the page, wherever
+// the page starts, not the 10,000 matches.
+func TestPostgresPlanForPage(t *testing.T) {
+	pg := pgserver.Start(t)
+	s := store{dir: t.TempDir(), endpoint: pg.DSN()}
+	start(t, s, nil).stop() // creates the schema
+	db := s.sql(t)
+	const widgets = "/registry/widgets/"
+	for _, stmt := range []string{
+		`INSERT INTO kine (name, created, deleted, create_revision, prev_revision, lease, value, old_value)
+			SELECT '` + widgets + `ns/w' || lpad(g::text, 6, '0'), 1, 0, 0, 0, 0, '\x00'::bytea, NULL FROM generate_series(1, 100000) AS g`,
+		`INSERT INTO ` + selectorsql.RowsTable + ` (id, decoded) SELECT id, 1 FROM kine WHERE name LIKE '/registry/%' ON CONFLICT DO NOTHING`,
+		`INSERT INTO ` + selectorsql.IndexTable + ` (id, kind, name, value, num, key)
+			SELECT id, 'l', 'decile', (id % 10)::text, id % 10, name FROM kine WHERE name LIKE '` + widgets + `%'`,
+		`ANALYZE`,
+	} {
+		if _, err := db.Exec(stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	const limit = 501
+	for _, tc := range []struct{ label, startKey string }{
+		{"decile=7", widgets},
+		{"decile=7", widgets + "ns/w050000"},
+		{"decile=7", widgets + "ns/w099000"},
+		{"decile in (3,7)", widgets + "ns/w050000"},
+	} {
+		sel := selection.FromSelectors(labels.Everything().Add(mustParse(t, tc.label)...), fields.Everything())
+		for _, rev := range []int64{0, 90000} {
+			q := selectorsql.List(selectorsql.Request{Range: selectorsql.Range{Start: tc.startKey, End: prefixEnd(widgets)}, Revision: rev, Limit: limit, Selection: sel, FieldIndexed: func(string) bool { return true }, AllRowsIndexed: true})
+			rows, err := db.Query("EXPLAIN ANALYZE "+query.New(q.SQL, "$", true, "").Query, q.Args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var plan []string
+			for rows.Next() {
+				var line string
+				if err := rows.Scan(&line); err != nil {
+					t.Fatal(err)
+				}
+				plan = append(plan, line)
+			}
+			rows.Close()
+			text := strings.Join(plan, "\n")
+			if read := indexRowsRead(plan, "harikube_index_current"); read == 0 || read > 2*limit {
+				t.Errorf("%s from %s at revision %d: %d index rows read for a page of %d:\n%s", tc.label, tc.startKey, rev, read, limit, text)
+			}
+			if strings.Contains(text, "Seq Scan") {
+				t.Errorf("%s from %s at revision %d: sequential scan in plan:\n%s", tc.label, tc.startKey, rev, text)
+			}
+		}
+	}
+}
+
+// indexRowsRead adds up, in an EXPLAIN ANALYZE text, the rows the scans of
+// index read: returned (rows × loops) and removed by their filters.
+func indexRowsRead(plan []string, index string) int {
+	actual := regexp.MustCompile(`actual time=[0-9.]+\.\.[0-9.]+ rows=([0-9]+) loops=([0-9]+)`)
+	removed := regexp.MustCompile(`Rows Removed by Filter: ([0-9]+)`)
+	total := 0
+	for i, line := range plan {
+		if !strings.Contains(line, "using "+index+" ") && !strings.Contains(line, "Scan on "+index+" ") {
+			continue
+		}
+		m := actual.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		rows, _ := strconv.Atoi(m[1])
+		loops, _ := strconv.Atoi(m[2])
+		total += rows * loops
+		// The scan's own detail lines follow, indented deeper than it.
+		depth := len(line) - len(strings.TrimLeft(line, " "))
+		for _, next := range plan[i+1:] {
+			if len(next)-len(strings.TrimLeft(next, " ")) <= depth {
+				break
+			}
+			if m := removed.FindStringSubmatch(next); m != nil {
+				n, _ := strconv.Atoi(m[1])
+				total += n
+				break
+			}
+		}
+	}
+	return total
 }

@@ -134,6 +134,22 @@ type term struct {
 	// whole key range.
 	drive     string
 	driveArgs []any
+	// walks, for = and in, select the index rows of one value each, as a
+	// condition on i: in key order within (kind, name, value), so a page
+	// can be read by walking them and stopping at the limit.
+	walks    []string
+	walkArgs [][]any
+}
+
+// valueWalks renders one walk condition per value of kind/name. Values
+// stored alike (repeated, or cut to the same prefix) walk the same rows: the
+// branches are merged with UNION, which drops the rows found twice.
+func valueWalks(kind, name string, vs []string) (walks []string, args [][]any) {
+	for _, v := range vs {
+		walks = append(walks, "i.kind = ? AND i.name = ? AND i.value = ?")
+		args = append(args, []any{kind, name, IndexValue(v)})
+	}
+	return walks, args
 }
 
 func valuesAny(vs []string) []any {
@@ -155,7 +171,8 @@ func anyLong(vs []string) bool {
 
 const (
 	existsPrefix = "EXISTS (SELECT 1 FROM " + IndexTable + " AS i WHERE i.id = kv.id AND i.kind = ? AND i.name = ?"
-	drivePrefix  = "SELECT i.id AS id FROM " + IndexTable + " AS i WHERE i.kind = ? AND i.name = ?"
+	driveSelect  = "SELECT i.id AS id FROM " + IndexTable + " AS i WHERE "
+	drivePrefix  = driveSelect + "i.kind = ? AND i.name = ?"
 )
 
 // labelTerm renders one label requirement with upstream semantics: = and in
@@ -170,7 +187,8 @@ func labelTerm(r selection.Requirement) (term, bool) {
 		}
 		cond := " AND i.value IN (" + strings.TrimSuffix(strings.Repeat("?, ", len(r.Values)), ", ") + ")"
 		args := append(append([]any{}, kindName...), valuesAny(r.Values)...)
-		return term{sql: existsPrefix + cond + ")", args: args, drive: drivePrefix + cond, driveArgs: args}, true
+		walks, walkArgs := valueWalks(KindLabel, r.Key, r.Values)
+		return term{sql: existsPrefix + cond + ")", args: args, drive: drivePrefix + cond, driveArgs: args, walks: walks, walkArgs: walkArgs}, true
 	case sel.NotEquals, sel.NotIn:
 		// A stored cut value may equal a requested value (as long as a cut
 		// value can be) without the object's value being equal: excluding it
@@ -215,7 +233,8 @@ func fieldTerm(r selection.Requirement, indexed func(string) bool) (term, bool) 
 	cond := " AND i.value = ?"
 	switch r.Operator {
 	case sel.Equals, sel.DoubleEquals:
-		return term{sql: existsPrefix + cond + ")", args: kindNameValue, drive: drivePrefix + cond, driveArgs: kindNameValue}, true
+		walks, walkArgs := valueWalks(KindField, r.Key, r.Values)
+		return term{sql: existsPrefix + cond + ")", args: kindNameValue, drive: drivePrefix + cond, driveArgs: kindNameValue, walks: walks, walkArgs: walkArgs}, true
 	case sel.NotEquals:
 		if MayBeCut(v) {
 			return term{}, false
@@ -235,6 +254,13 @@ type Filter struct {
 	// every row that may match, so the caller can start from them.
 	Drive     string
 	DriveArgs []any
+	// walk is the first = or in requirement, by value (term.walks), with
+	// the set of its values as a condition on i (walkAll) for the rows
+	// superseded since an older revision, which are not in key order.
+	walks       []string
+	walkArgs    [][]any
+	walkAll     string
+	walkAllArgs []any
 }
 
 // Translate renders sel for rows in r at the current revision. It never
@@ -274,6 +300,14 @@ func translate(req Request) Filter {
 	where = append(where, "("+strings.Join(conj, " AND ")+")")
 	f.Where = "(" + strings.Join(where, " OR ") + ")"
 
+	for _, t := range terms {
+		if len(t.walks) == 0 {
+			continue
+		}
+		f.walks, f.walkArgs = t.walks, t.walkArgs
+		f.walkAll, f.walkAllArgs = strings.TrimPrefix(t.drive, driveSelect), t.driveArgs
+		break
+	}
 	for _, t := range terms {
 		if t.drive == "" {
 			continue
@@ -349,6 +383,12 @@ func from(b *builder, req Request, f Filter) {
 	default:
 		b.write("kv.name >= ? AND kv.name < ?", req.Range.Start, req.Range.End)
 	}
+	valid(b, req, f)
+}
+
+// valid renders the checks of a row kv found by its key: the newest row of
+// its key at the requested revision, not a tombstone, and the filter.
+func valid(b *builder, req Request, f Filter) {
 	if req.Revision > 0 {
 		b.write(" AND kv.id = (SELECT MAX(k2.id) FROM kine AS k2 WHERE k2.name = kv.name AND k2.id <= ?)", req.Revision)
 	} else {
@@ -376,12 +416,23 @@ func List(req Request) Query {
 	}
 	var b builder
 	b.write("WITH ")
-	if f.Drive != "" {
+	walk := walked(req, f)
+	if f.Drive != "" && !walk {
 		withCandidates(&b, f)
 		b.write(", ")
 	}
 	b.write("ckv AS (SELECT " + currentRev + " AS current_rev, " + compactRev + " AS compact_rev), ")
-	if f.Drive != "" {
+	switch {
+	case walk:
+		// A page walks the index rows of each value in key order from its
+		// start key, checks each candidate on the way and stops at the
+		// limit: it costs the page and the candidates it rejects, not the
+		// matches after it. The branches are merged by key and cut again.
+		b.write("chosen AS (SELECT id FROM (")
+		walkBranches(&b, req, f, limit)
+		b.write(") AS m ORDER BY name ASC" + limit + "), ")
+		b.write("mkv AS (SELECT " + cols + " FROM chosen CROSS JOIN kine AS kv WHERE kv.id = chosen.id")
+	case f.Drive != "":
 		// Matches are found from the candidates first and only then sorted
 		// and limited: with ORDER BY and LIMIT on the join itself,
 		// PostgreSQL may prefer walking the whole key range in key order
@@ -393,7 +444,7 @@ func List(req Request) Query {
 		from(&b, req, f)
 		b.write("), chosen AS (SELECT id FROM sel ORDER BY name ASC" + limit + "), ")
 		b.write("mkv AS (SELECT " + cols + " FROM chosen CROSS JOIN kine AS kv WHERE kv.id = chosen.id")
-	} else {
+	default:
 		// Without candidates, walking the key range in order and stopping
 		// at the limit is the plan wanted.
 		b.write("mkv AS (SELECT " + cols)
@@ -427,4 +478,75 @@ func withCandidates(b *builder, f Filter) {
 		return
 	}
 	b.write("cand AS MATERIALIZED ("+f.Drive+")", f.DriveArgs...)
+}
+
+// maxWalkValues bounds the values of an in requirement walked one by one;
+// with more, the page is cut from all candidates (the unlimited shape).
+const maxWalkValues = 8
+
+// maxWalkArgs bounds the bind parameters of a walk, which repeats the filter
+// in each branch, well below SQLite's limit of 32,766.
+const maxWalkArgs = 4000
+
+// walked reports whether a LIST is answered by walking the index in key
+// order: it has a limit, an = or in requirement of few values, and every
+// row in the range has an index entry (rows without one could only be
+// found by a scan of the range).
+func walked(req Request, f Filter) bool {
+	if req.Limit <= 0 || !req.AllRowsIndexed || len(f.walks) == 0 || len(f.walks) > maxWalkValues {
+		return false
+	}
+	branches := len(f.walks) + 2
+	return branches*(len(f.WhereArgs)+8) <= maxWalkArgs
+}
+
+// walkBranches renders the candidates of a page as branches of id and name,
+// each in key order and cut at the limit after its rows were checked: the
+// current index rows of each value, at an older revision the rows of any
+// of the values superseded after it (found by revision, so sorted), and the
+// undecoded rows, which match every selection.
+func walkBranches(b *builder, req Request, f Filter, limit string) {
+	var keyRange string
+	var rangeArgs []any
+	switch {
+	case req.Range.Start == "":
+	case req.Range.End == "":
+		keyRange, rangeArgs = " AND i.key = ?", []any{req.Range.Start}
+	default:
+		keyRange, rangeArgs = " AND i.key >= ? AND i.key < ?", []any{req.Range.Start, req.Range.End}
+	}
+	branch := func(n int, cond string, args []any) {
+		if n > 0 {
+			b.write(" UNION ")
+		}
+		b.write("SELECT * FROM (SELECT kv.id AS id, kv.name AS name FROM "+IndexTable+" AS i CROSS JOIN kine AS kv WHERE "+cond, args...)
+		b.write(keyRange, rangeArgs...)
+		b.write(" AND kv.id = i.id")
+		valid(b, req, f)
+		b.write(" ORDER BY i.key ASC" + limit + ") AS w" + strconv.Itoa(n))
+	}
+	n := 0
+	for i, w := range f.walks {
+		cond, args := w+" AND i."+SupersededColumn+" IS NULL", f.walkArgs[i]
+		if req.Revision > 0 {
+			cond += " AND i.id <= ?"
+			args = append(append([]any{}, args...), req.Revision)
+		}
+		branch(n, cond, args)
+		n++
+	}
+	if req.Revision > 0 {
+		branch(n, f.walkAll+" AND i."+SupersededColumn+" > ? AND i.id <= ?", append(append([]any{}, f.walkAllArgs...), req.Revision, req.Revision))
+		n++
+	}
+	b.write(" UNION SELECT * FROM (SELECT kv.id AS id, kv.name AS name FROM " + RowsTable + " AS r CROSS JOIN kine AS kv WHERE r.decoded = 0 AND kv.id = r.id")
+	switch {
+	case req.Range.Start == "":
+	case req.Range.End == "":
+		b.write(" AND kv.name = ?", req.Range.Start)
+	default:
+		b.write(" AND kv.name >= ? AND kv.name < ?", req.Range.Start, req.Range.End)
+	}
+	valid(b, req, f)
+	b.write(" ORDER BY kv.name ASC" + limit + ") AS u")
 }
