@@ -24,6 +24,7 @@ type backend struct {
 	idx       *indexer
 	cache     *entryCache
 	metrics   *metrics
+	pages     *pageCounts
 }
 
 // CurrentRevision is kine's current revision, but never below a revision
@@ -117,9 +118,10 @@ func (b *backend) resourceName(key string) string {
 }
 
 func (b *backend) List(ctx context.Context, key, end string, limit, revision int64, keysOnly bool) (int64, []*server.KeyValue, error) {
-	ctx, _, selected, _ := selection.WithDecoded(ctx)
+	ctx, s, selected, _ := selection.WithDecoded(ctx)
 	rev, kvs, err := b.Backend.List(ctx, key, end, limit, revision, keysOnly)
 	if selected && err == nil {
+		b.pages.noteList(s, key, end, limit, revision, rev, len(kvs))
 		name := b.resourceName(key)
 		b.metrics.requests.WithLabelValues(name, "list").Inc()
 		b.metrics.rows.WithLabelValues(name).Add(float64(len(kvs)))
@@ -151,7 +153,10 @@ func (b *backend) ListStream(ctx context.Context, key, end string, limit, revisi
 }
 
 func (b *backend) Count(ctx context.Context, key, end string, revision int64) (int64, int64, error) {
-	ctx, _, selected, _ := selection.WithDecoded(ctx)
+	ctx, s, selected, _ := selection.WithDecoded(ctx)
+	if rev, rows, ok := b.pages.count(s, key, end, revision); selected && ok {
+		return rev, rows, nil
+	}
 	if selected {
 		b.metrics.requests.WithLabelValues(b.resourceName(key), "count").Inc()
 	}

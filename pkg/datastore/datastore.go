@@ -289,6 +289,6 @@ func newIndexedBackend(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Con
 	}()
 	d := &dialect{Generic: g, idx: idx, gate: gate, param: db.param, numbered: db.numbered}
 	log := sqllog.New(d, wg, cfg)
-	w.built = &backend{Backend: logstructured.New(log), log: log, committed: &d.committed, idx: idx, cache: newEntryCache(), metrics: w.metrics}
+	w.built = &backend{Backend: logstructured.New(log), log: log, committed: &d.committed, idx: idx, cache: newEntryCache(), metrics: w.metrics, pages: newPageCounts()}
 	return w.built, nil
 }

@@ -294,8 +294,11 @@ type selectorStorage struct {
 	trust    trust
 }
 
-func (s *selectorStorage) withSelection(ctx context.Context, p storage.SelectionPredicate, verb string) (context.Context, bool) {
+// withSelection attaches the predicate's selection to ctx; page marks it as
+// GetList's (selection.Selection.Page).
+func (s *selectorStorage) withSelection(ctx context.Context, p storage.SelectionPredicate, verb string, page bool) (context.Context, bool) {
 	sel := selection.FromSelectors(p.Label, p.Field)
+	sel.Page = page
 	if s.trust != trustAll {
 		fs := sel.Fields[:0:0]
 		for _, r := range sel.Fields {
@@ -321,7 +324,9 @@ func (s *selectorStorage) withSelection(ctx context.Context, p storage.Selection
 }
 
 func (s *selectorStorage) GetList(ctx context.Context, key string, opts storage.ListOptions, listObj runtime.Object) error {
-	ctx, pushed := s.withSelection(ctx, opts.Predicate, "list")
+	// GetList (k8s.io/apiserver v0.37.2 storage/etcd3) reads a Range's
+	// Count only to tell whether more rows follow a page.
+	ctx, pushed := s.withSelection(ctx, opts.Predicate, "list", true)
 	if err := s.Interface.GetList(ctx, key, opts, listObj); err != nil {
 		return err
 	}
@@ -332,6 +337,6 @@ func (s *selectorStorage) GetList(ctx context.Context, key string, opts storage.
 }
 
 func (s *selectorStorage) Watch(ctx context.Context, key string, opts storage.ListOptions) (watch.Interface, error) {
-	ctx, _ = s.withSelection(ctx, opts.Predicate, "watch")
+	ctx, _ = s.withSelection(ctx, opts.Predicate, "watch", false)
 	return s.Interface.Watch(ctx, key, opts)
 }

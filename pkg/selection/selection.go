@@ -40,6 +40,11 @@ type Requirement struct {
 type Selection struct {
 	Labels []Requirement `json:"l,omitempty"`
 	Fields []Requirement `json:"f,omitempty"`
+	// Page marks the selection of a paged LIST whose reader takes a
+	// Range's Count only as "rows follow the page" (the apiserver's
+	// GetList): the datastore may then answer a lower bound above the page
+	// instead of counting the rest of the range. It restricts nothing.
+	Page bool `json:"p,omitempty"`
 }
 
 // Empty reports whether the selection restricts nothing.
