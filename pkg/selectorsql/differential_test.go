@@ -967,7 +967,7 @@ func randomRawSelection(rnd *rand.Rand, s *store) (selection.Selection, func(lab
 		}
 		return true
 	}
-	return out, match, fmt.Sprintf("raw %q", out)
+	return out, match, fmt.Sprintf("raw labels %q fields %q", out.Labels, out.Fields)
 }
 
 func randomRange(rnd *rand.Rand, s *store) Range {
