@@ -383,6 +383,9 @@ func measureSize(ctx context.Context, opts Options, con *console, srv *server, c
 		con.printf("  %-44s p50 %9.2f ms  p95 %9.2f ms  (%d runs, %d objects, %d pages)\n",
 			w.Title, lr.P50Ms, lr.P95Ms, lr.Samples, lr.Got, lr.Pages)
 	}
+	if err := measurePagingSize(ctx, opts, con, c, res); err != nil {
+		return err
+	}
 	if opts.WatchSamples > 0 {
 		if res.Watch, err = measureWatch(ctx, c, opts.WatchSamples); err != nil {
 			return err

@@ -112,6 +112,13 @@ func (r *Report) WriteText(w io.Writer) {
 				return l.P50Ms, l.P95Ms, ok
 			}))
 		}
+		keys, titles := pagingRows()
+		for i, key := range keys {
+			rows = append(rows, r.row(titles[i], modes, n, func(res Result) (float64, float64, bool) {
+				l, ok := res.list(key)
+				return l.P50Ms, l.P95Ms, ok
+			}))
+		}
 		rows = append(rows, r.row("watch decile=7, create→event", modes, n, func(res Result) (float64, float64, bool) {
 			return res.Watch.P50Ms, res.Watch.P95Ms, res.Watch.Samples > 0
 		}))
