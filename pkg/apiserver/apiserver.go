@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilerrors "k8s.io/apimachinery/pkg/util/errors"
 	"k8s.io/apiserver/pkg/registry/generic"
+	genericapiserver "k8s.io/apiserver/pkg/server"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/component-base/cli/globalflag"
@@ -57,7 +58,7 @@ func FlagSet() (*options.ServerRunOptions, *pflag.FlagSet) {
 // storage of all of them: built-in resources, CRDs, custom resources and
 // APIServices. paths are served beside the API, behind its authentication
 // and authorization (as non-resource URLs).
-func New(ctx context.Context, args []string, wrap StorageWrapper, paths map[string]http.Handler) (*Server, error) {
+func New(ctx context.Context, args []string, wrap StorageWrapper, paths map[string]http.Handler, opts ...Option) (*Server, error) {
 	s, fs := FlagSet()
 	if err := fs.Parse(args); err != nil {
 		return nil, fmt.Errorf("kube-apiserver: %w", err)
@@ -84,6 +85,9 @@ func New(ctx context.Context, args []string, wrap StorageWrapper, paths map[stri
 	cfg, err := app.NewConfig(completed)
 	if err != nil {
 		return nil, fmt.Errorf("kube-apiserver: %w", err)
+	}
+	for _, opt := range opts {
+		opt(cfg)
 	}
 	if wrap != nil {
 		crds := crdGetter(cfg.ApiExtensions.GenericConfig.LoopbackClientConfig)
@@ -113,6 +117,20 @@ func New(ctx context.Context, args []string, wrap StorageWrapper, paths map[stri
 		return nil, fmt.Errorf("kube-apiserver: %w", err)
 	}
 	return &Server{run: prepared.Run}, nil
+}
+
+// Option changes the server New builds.
+type Option func(*app.Config)
+
+// WithHandler puts wrap around the API's handler inside the filter chain,
+// so that it sees every request with its authenticated user.
+func WithHandler(wrap func(http.Handler) http.Handler) Option {
+	return func(cfg *app.Config) {
+		build := cfg.Aggregator.GenericConfig.BuildHandlerChainFunc
+		cfg.Aggregator.GenericConfig.BuildHandlerChainFunc = func(api http.Handler, c *genericapiserver.Config) http.Handler {
+			return build(wrap(api), c)
+		}
+	}
 }
 
 // crdGetter reads CustomResourceDefinitions with the loopback client.

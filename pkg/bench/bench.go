@@ -271,7 +271,7 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode, memCap *me
 	ender.dbDir = dbDir
 	startup := time.Since(start).Seconds()
 	con.printf("server ready in %.1fs (pid %d)\n", startup, srv.cmd.Process.Pid)
-	if err := createCRD(ctx, srv.client, time.Minute); err != nil {
+	if err := createCRD(ctx, srv.client, m.CRDAnnotations, time.Minute); err != nil {
 		return nil, nil, ender.end(ctx, err, srv, etcd, 0, nil)
 	}
 	idle, err := srv.idleAnon(ctx)

@@ -18,6 +18,8 @@ type Mode struct {
 	Etcd bool
 	// Postgres puts the datastore on a private PostgreSQL server.
 	Postgres bool
+	// CRDAnnotations are set on the widget CRD when it is created.
+	CRDAnnotations map[string]string
 }
 
 // Modes are all modes, in report order; the first is the baseline ratios
@@ -87,7 +89,7 @@ func ModeNames(modes []Mode) []string {
 }
 
 func modeByName(name string) (Mode, bool) {
-	for _, m := range Modes {
+	for _, m := range append(append([]Mode(nil), Modes...), OptionalModes...) {
 		if m.Name == name {
 			return m, true
 		}

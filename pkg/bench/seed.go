@@ -17,8 +17,10 @@ import (
 // createCRD creates the widget CRD and waits until widgets can be listed
 // and created: the first creates of a new resource are slow (the apiserver
 // prepares its handler), which is no part of the create throughput.
-func createCRD(ctx context.Context, c dynamic.Interface, timeout time.Duration) error {
-	if _, err := c.Resource(crds).Create(ctx, widgetCRD(), metav1.CreateOptions{}); err != nil {
+func createCRD(ctx context.Context, c dynamic.Interface, annotations map[string]string, timeout time.Duration) error {
+	crd := widgetCRD()
+	crd.SetAnnotations(annotations)
+	if _, err := c.Resource(crds).Create(ctx, crd, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("create CRD %s: %w", crdName, err)
 	}
 	rc := c.Resource(widgets).Namespace(namespace)

@@ -85,7 +85,7 @@ where PostgreSQL is not installed).`,
 	f := c.Flags()
 	f.BoolVar(&quick, "quick", false, "sizes 1000 and 10000 only (default sizes: 1000, 10000, 100000) and a --budget of 1s")
 	f.StringVar(&sizes, "sizes", "", "comma-separated numbers of objects, e.g. 1000,5000 (overrides --quick)")
-	f.StringVar(&modes, "modes", "all", "comma-separated modes: "+strings.Join(bench.ModeNames(bench.Modes), ","))
+	f.StringVar(&modes, "modes", "all", "comma-separated modes: "+strings.Join(bench.ModeNames(bench.Modes), ",")+"; also (not in all): "+strings.Join(bench.ModeNames(bench.OptionalModes), ","))
 	f.StringVar(&opts.JSONPath, "json", "bench-results.json", "write the results as JSON to this file (empty: none)")
 	f.StringVar(&opts.ChartPath, "chart", "bench-results.svg", "write an SVG chart (selective LIST p50 and peak RSS against N, per mode) to this file (empty: none)")
 	f.IntVar(&opts.Repetition.Runs, "repeat", 20, "timed runs of each LIST (a fast first run is an untimed warm-up)")

@@ -201,7 +201,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if !cfg.UnindexedDatastore {
 		paths = map[string]http.Handler{CheckPath: checkHandler(stores.byName)}
 	}
-	api, err := apiserver.New(apiCtx, args, wrap, paths)
+	skipGC, err := skipGCAndQuota(kubeconfig)
+	if err != nil {
+		return err
+	}
+	api, err := apiserver.New(apiCtx, args, wrap, paths, apiserver.WithHandler(skipGC.Wrap))
 	if err != nil {
 		return err
 	}
@@ -235,6 +239,12 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	logrus.Infof("API server: %s", apiURL)
 	logrus.Infof("Admin kubeconfig: %s", kubeconfig)
+	go skipGC.Run(apiCtx)
+	if !skipGC.WaitForSync(ctx) {
+		_ = stopAPIAndWait()
+		logrus.Info("Stopped before becoming ready")
+		return nil
+	}
 
 	cmCtx, stopCM := context.WithCancel(context.Background())
 	defer stopCM()
@@ -327,6 +337,16 @@ func describeDatastore(cfg Config, ds *datastore.Datastore) {
 		logrus.Infof("Datastore: %s (%s)", redactEndpoint(cfg.DatastoreEndpoint), kind)
 	}
 	logrus.Infof("etcd API: %s", ds.Endpoint)
+}
+
+// skipGCAndQuota follows the CRDs, as the admin, for the discovery filter
+// that keeps opted-out custom resources out of the controller manager.
+func skipGCAndQuota(kubeconfig string) (*controllermanager.SkipGCAndQuota, error) {
+	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("load admin kubeconfig %s: %w", kubeconfig, err)
+	}
+	return controllermanager.NewSkipGCAndQuota(rc)
 }
 
 func adminClient(kubeconfig string) (kubernetes.Interface, error) {
