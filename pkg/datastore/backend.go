@@ -53,7 +53,7 @@ func (b *backend) CurrentRevision(ctx context.Context) (int64, error) {
 // the error of the first append: a create that failed in the database (a
 // full disk) was answered as a success.
 func (b *backend) Create(ctx context.Context, key string, value []byte, lease int64) (int64, error) {
-	ctx = b.extract(ctx, key, value)
+	ctx = withGroupCommit(b.extract(ctx, key, value))
 	event := &server.Event{
 		Create: true,
 		KV:     &server.KeyValue{Key: key, Value: value, Lease: lease},
@@ -86,9 +86,14 @@ func (b *backend) Create(ctx context.Context, key string, value []byte, lease in
 }
 
 // Update is kine's, with the value's index entry extracted before the write
-// waits for the database.
+// waits for the database, and its append grouped with others.
 func (b *backend) Update(ctx context.Context, key string, value []byte, revision, lease int64) (int64, *server.KeyValue, bool, error) {
-	return b.Backend.Update(b.extract(ctx, key, value), key, value, revision, lease)
+	return b.Backend.Update(withGroupCommit(b.extract(ctx, key, value)), key, value, revision, lease)
+}
+
+// Delete is kine's, with its append grouped with others.
+func (b *backend) Delete(ctx context.Context, key string, revision int64) (int64, *server.KeyValue, bool, error) {
+	return b.Backend.Delete(withGroupCommit(ctx), key, revision)
 }
 
 // extract computes the index entry of a value about to be written, outside

@@ -3,6 +3,7 @@ package datastore
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -27,7 +28,7 @@ type dialect struct {
 	numbered bool
 	// committed is the highest revision committed through this dialect.
 	committed atomic.Int64
-	gate      writeGate
+	gate      *writeGate
 }
 
 // noteCommitted records that revision rev is committed.
@@ -148,10 +149,14 @@ func (d *dialect) count(ctx context.Context, req selectorsql.Request) (int64, in
 	return rev.Int64, compact.Int64, count, nil
 }
 
-// BeginTx returns a transaction whose inserts also write the index.
+// BeginTx returns a transaction whose inserts also write the index. A
+// client's write (withGroupCommit) joins the open write group.
 func (d *dialect) BeginTx(ctx context.Context, opts *sql.TxOptions) (server.Transaction, error) {
 	if opts == nil {
 		opts = &sql.TxOptions{Isolation: sql.LevelRepeatableRead}
+	}
+	if groupCommit(ctx) && d.gate != nil {
+		return d.beginGrouped(ctx, opts)
 	}
 	leave, err := d.gate.enter(ctx)
 	if err != nil {
@@ -168,6 +173,57 @@ func (d *dialect) BeginTx(ctx context.Context, opts *sql.TxOptions) (server.Tran
 		return nil, err
 	}
 	return &tx{x: x, d: d, release: release}, nil
+}
+
+// groupSavepoint encloses each write of a group, so a failed one rolls
+// back alone.
+const groupSavepoint = "harikube_write"
+
+// beginGrouped joins the open write group, or opens one, once through the
+// gate. The group holds the definitions' read lock for its whole life; a
+// registration waiting for it ends the group instead of waiting for it to
+// fill up.
+func (d *dialect) beginGrouped(ctx context.Context, opts *sql.TxOptions) (server.Transaction, error) {
+	if err := d.gate.take(ctx, true); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		d.gate.pass()
+		return nil, err
+	}
+	grp := d.gate.group()
+	if grp != nil {
+		if d.idx.defs.TryRLock() {
+			d.idx.defs.RUnlock()
+		} else {
+			d.gate.flush()
+			grp = nil
+		}
+	}
+	if grp == nil {
+		d.idx.defs.RLock()
+		// The group outlives the context of the write that opened it.
+		x, err := d.DB.BeginTx(context.Background(), opts)
+		if err != nil {
+			d.idx.defs.RUnlock()
+			d.gate.pass()
+			return nil, err
+		}
+		grp = newWriteGroup(x, func(grp *writeGroup) {
+			if grp.err == nil && grp.inserted != 0 {
+				d.noteCommitted(grp.inserted)
+			}
+			d.idx.defs.RUnlock()
+		})
+		d.gate.setGroup(grp)
+	}
+	grp.writes++
+	if _, err := grp.x.ExecContext(context.WithoutCancel(ctx), "SAVEPOINT "+groupSavepoint); err != nil {
+		grp.fail(err)
+		d.gate.pass()
+		return nil, errors.Join(err, grp.wait())
+	}
+	return &tx{x: grp.x, d: d, group: grp}, nil
 }
 
 // Fill writes the gap row kine's poller inserts for a revision it saw

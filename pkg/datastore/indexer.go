@@ -69,7 +69,7 @@ type indexer struct {
 	db       *sql.DB
 	// gate admits the indexer's own writes (re-indexing, coverage) among
 	// the datastore's transactions.
-	gate      writeGate
+	gate      *writeGate
 	param     string
 	numbered  bool
 	batchRows int
@@ -88,7 +88,7 @@ type indexer struct {
 	stmts sync.Map // rendered multi-row insert statements by row count
 }
 
-func newIndexer(registry *index.Registry, db *sql.DB, gate writeGate, param string, numbered bool) *indexer {
+func newIndexer(registry *index.Registry, db *sql.DB, gate *writeGate, param string, numbered bool) *indexer {
 	if registry == nil {
 		registry = index.NewRegistry()
 	}
