@@ -147,6 +147,7 @@ func TestBenchRejectsBadFlags(t *testing.T) {
 		{"--modes", "harikube,nosuch"},
 		{"--sizes", "1000,x"},
 		{"--sizes", "5"},
+		{"--memory-limit", "lots"},
 	} {
 		out, err := exec.Command(bin, append([]string{"bench", "--json", ""}, args...)...).CombinedOutput()
 		if err == nil {

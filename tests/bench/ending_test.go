@@ -1,0 +1,135 @@
+package bench_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/harikube/harikube/pkg/bench"
+	"github.com/harikube/harikube/tests/testserver"
+)
+
+// runBench runs `harikube bench` with args and returns its report and
+// output; the bench must exit 0.
+func runBench(t *testing.T, timeout time.Duration, args ...string) (bench.Report, string) {
+	t.Helper()
+	bin := testserver.Binary(t)
+	// Not t.TempDir(): under a long test name the server's socket path
+	// would pass the 107 bytes Linux allows.
+	dir, err := os.MkdirTemp("", "hb-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	out := filepath.Join(dir, "results.json")
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, append([]string{"bench", "--json", out, "--chart", "", "--work-dir", dir,
+		"--history-objects", "0", "--mixed-duration", "0"}, args...)...)
+	var output bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &output, &output
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("harikube bench %v: %v\n%s", args, err, output.String())
+	}
+	t.Logf("harikube bench output:\n%s", output.String())
+	if entries, _ := filepath.Glob(filepath.Join(dir, "harikube-bench-*")); len(entries) != 0 {
+		t.Errorf("data directories left behind: %v", entries)
+	}
+	data, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep bench.Report
+	if err := json.Unmarshal(data, &rep); err != nil {
+		t.Fatalf("results JSON: %v\n%s", err, data)
+	}
+	if rep.Error != "" {
+		t.Errorf("report error: %s", rep.Error)
+	}
+	return rep, output.String()
+}
+
+// TestBenchModeKilledAtMemoryLimitIsReported: with a memory limit far below
+// what a server needs, the kernel kills each mode's server as it starts;
+// the bench reports each mode's end as out of memory, runs the next mode,
+// exits 0 and removes its cgroup.
+func TestBenchModeKilledAtMemoryLimitIsReported(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("creating a memory cgroup needs root (CI runs as root)")
+	}
+	if _, err := os.Stat("/sys/fs/cgroup/memory"); err != nil {
+		t.Skip("--memory-limit needs the cgroup v1 memory controller: ", err)
+	}
+	rep, output := runBench(t, 5*time.Minute, "--sizes", "1000", "--modes", "harikube,kine-stock", "--memory-limit", "128Mi")
+	if len(rep.Results) != 0 {
+		t.Errorf("%d results, want none: no server should have started", len(rep.Results))
+	}
+	if len(rep.Ended) != 2 {
+		t.Fatalf("%d modes ended, want 2: %+v", len(rep.Ended), rep.Ended)
+	}
+	for i, mode := range []string{"harikube", "kine-stock"} {
+		e := rep.Ended[i]
+		if e.Mode != mode || e.Cause != "memory" || !strings.Contains(e.Reason, "OOM killer") || e.Reached.N != 0 {
+			t.Errorf("end %d: %+v; want mode %s ended by the OOM killer at N = 0", i, e, mode)
+		}
+		// The kernel charges pages in small batches, so the peak can pass
+		// the limit by a few pages.
+		if e.CgroupPeakBytes < 64<<20 || e.CgroupPeakBytes > 129<<20 {
+			t.Errorf("%s: cgroup peak %d bytes, want near the limit of 128 MiB", mode, e.CgroupPeakBytes)
+		}
+		if !strings.Contains(output, "["+mode+"] ended: out of memory") {
+			t.Errorf("output does not say that mode %s ended out of memory", mode)
+		}
+	}
+	m := regexp.MustCompile(`\(cgroup (/sys/fs/cgroup/memory/[^)]+)\)`).FindStringSubmatch(output)
+	if m == nil {
+		t.Fatal("output does not name the memory cgroup")
+	}
+	if _, err := os.Stat(m[1]); !os.IsNotExist(err) {
+		t.Errorf("memory cgroup %s left behind (stat: %v)", m[1], err)
+	}
+}
+
+// TestBenchModeOutOfTimeIsReported: a mode that cannot seed its last size
+// within --mode-budget ends reported with the objects it created, after
+// the sizes it finished; --max-list-objects leaves out the LISTs that
+// would return more objects.
+func TestBenchModeOutOfTimeIsReported(t *testing.T) {
+	rep, output := runBench(t, 6*time.Minute, "--sizes", "200,1000000", "--modes", "harikube", "--mode-budget", "90s",
+		"--max-list-objects", "10", "--repeat", "2", "--budget", "1s", "--watch-samples", "2", "--workers", "2")
+	if len(rep.Results) != 1 || rep.Results[0].N != 200 {
+		t.Fatalf("results %+v, want N = 200 measured", rep.Results)
+	}
+	got := map[string]bool{}
+	for _, l := range rep.Results[0].Lists {
+		got[l.Workload] = true
+	}
+	for w, want := range map[string]bool{"label-1": true, "field-1-paged": true, "label-10%": false, "all-paged": false} {
+		if got[w] != want {
+			t.Errorf("workload %s measured: %v, want %v (20 and 200 objects are over --max-list-objects 10)", w, got[w], want)
+		}
+	}
+	if !strings.Contains(output, "skipped: 200 objects (--max-list-objects 10)") {
+		t.Error("output does not say that the LIST of all objects was skipped")
+	}
+	if len(rep.Ended) != 1 {
+		t.Fatalf("%d modes ended, want 1: %+v", len(rep.Ended), rep.Ended)
+	}
+	e := rep.Ended[0]
+	if e.Mode != "harikube" || e.Cause != "time" || !strings.Contains(e.Reason, "--mode-budget") {
+		t.Errorf("end %+v, want harikube out of its time budget", e)
+	}
+	if r := e.Reached; r.N <= 200 || r.N >= 1000000 || r.Create.Objects != r.N-200 || r.Create.PerSecond <= 0 {
+		t.Errorf("reached N = %d with %+v created, want between 200 and 1,000,000, the objects beyond 200, at a positive rate", r.N, r.Create)
+	}
+	if e.Reached.ServerPeakRSSBytes <= 0 || e.Reached.DatabaseBytes <= 0 {
+		t.Errorf("reached: peak RSS %d, database %d bytes; want both positive", e.Reached.ServerPeakRSSBytes, e.Reached.DatabaseBytes)
+	}
+}
