@@ -1,6 +1,7 @@
 package datastore
 
 import (
+	"database/sql"
 	"regexp"
 	"strconv"
 	"strings"
@@ -20,26 +21,8 @@ import (
 // sequential scan of the kine table or the index table, at the current
 // revision or an older one.
 func TestPostgresPlanForSelectiveList(t *testing.T) {
-	pg := pgserver.Start(t)
-	s := store{dir: t.TempDir(), endpoint: pg.DSN()}
-	start(t, s, nil).stop() // creates the schema
-	db := s.sql(t)
-	const widgets = "/registry/widgets/"
-	for _, stmt := range []string{
-		`INSERT INTO kine (name, created, deleted, create_revision, prev_revision, lease, value, old_value)
-			SELECT '` + widgets + `ns/w' || g, 1, 0, 0, 0, 0, '\x00'::bytea, NULL FROM generate_series(1, 100000) AS g`,
-		`INSERT INTO ` + selectorsql.RowsTable + ` (id, decoded) SELECT id, 1 FROM kine WHERE name LIKE '/registry/%' ON CONFLICT DO NOTHING`,
-		`INSERT INTO ` + selectorsql.IndexTable + ` (id, kind, name, value, num, key)
-			SELECT id, 'l', 'id', substr(name, 23), NULL, name FROM kine WHERE name LIKE '` + widgets + `%'`,
-		`INSERT INTO ` + selectorsql.IndexTable + ` (id, kind, name, value, num, key)
-			SELECT id, 'f', 'metadata.name', substr(name, 22), NULL, name FROM kine WHERE name LIKE '` + widgets + `%'`,
-		`ANALYZE`,
-	} {
-		if _, err := db.Exec(stmt); err != nil {
-			t.Fatalf("%s: %v", stmt, err)
-		}
-	}
-	for _, tc := range []struct{ label, field string }{{"id=777", ""}, {"", "metadata.name=w777"}, {"id in (5,6),other!=x", ""}} {
+	db := postgresWidgets(t)
+	for _, tc := range []struct{ label, field string }{{"id=777", ""}, {"", "metadata.name=w000777"}, {"id in (5,6),other!=x", ""}} {
 		var sel selection.Selection
 		if tc.label != "" {
 			sel = selection.FromSelectors(labels.Everything().Add(mustParse(t, tc.label)...), fields.Everything())
@@ -51,29 +34,69 @@ func TestPostgresPlanForSelectiveList(t *testing.T) {
 		// reads the rows superseded since).
 		for _, rev := range []int64{0, 50000} {
 			queries = append(queries,
-				selectorsql.List(selectorsql.Request{Range: selectorsql.Range{Start: widgets, End: prefixEnd(widgets)}, Revision: rev, Limit: 501, Selection: sel, FieldIndexed: func(string) bool { return true }, AllRowsIndexed: true}),
-				selectorsql.Count(selectorsql.Request{Range: selectorsql.Range{Start: widgets, End: prefixEnd(widgets)}, Revision: rev, Selection: sel, FieldIndexed: func(string) bool { return true }, AllRowsIndexed: true}))
+				selectorsql.List(selectorsql.Request{Range: selectorsql.Range{Start: planWidgets, End: prefixEnd(planWidgets)}, Revision: rev, Limit: 501, Selection: sel, FieldIndexed: func(string) bool { return true }, AllRowsIndexed: true}),
+				selectorsql.Count(selectorsql.Request{Range: selectorsql.Range{Start: planWidgets, End: prefixEnd(planWidgets)}, Revision: rev, Selection: sel, FieldIndexed: func(string) bool { return true }, AllRowsIndexed: true}))
 		}
 		for _, q := range queries {
-			rows, err := db.Query("EXPLAIN "+query.New(q.SQL, "$", true, "").Query, q.Args...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var plan []string
-			for rows.Next() {
-				var line string
-				if err := rows.Scan(&line); err != nil {
-					t.Fatal(err)
-				}
-				plan = append(plan, line)
-			}
-			rows.Close()
-			text := strings.Join(plan, "\n")
+			text := strings.Join(explainPostgres(t, db, "EXPLAIN ", q), "\n")
 			if strings.Contains(text, "Seq Scan on kine") || strings.Contains(text, "Seq Scan on "+selectorsql.IndexTable) {
 				t.Errorf("%q %q: sequential scan in plan:\n%s", tc.label, tc.field, text)
 			}
 		}
 	}
+}
+
+const planWidgets = "/registry/widgets/"
+
+// postgresWidgets is a datastore's PostgreSQL database holding 100,000
+// widgets ns/w000001..ns/w100000, indexed by the labels id (unique) and
+// decile (10 %) and the field metadata.name.
+func postgresWidgets(t *testing.T) *sql.DB {
+	t.Helper()
+	pg := pgserver.Start(t)
+	s := store{dir: t.TempDir(), endpoint: pg.DSN()}
+	start(t, s, nil).stop() // creates the schema
+	db := s.sql(t)
+	for _, stmt := range []string{
+		`INSERT INTO kine (name, created, deleted, create_revision, prev_revision, lease, value, old_value)
+			SELECT '` + planWidgets + `ns/w' || lpad(g::text, 6, '0'), 1, 0, 0, 0, 0, '\x00'::bytea, NULL FROM generate_series(1, 100000) AS g`,
+		`INSERT INTO ` + selectorsql.RowsTable + ` (id, decoded) SELECT id, 1 FROM kine WHERE name LIKE '/registry/%' ON CONFLICT DO NOTHING`,
+		`INSERT INTO ` + selectorsql.IndexTable + ` (id, kind, name, value, num, key)
+			SELECT id, 'l', 'id', ltrim(substr(name, 23), '0'), NULL, name FROM kine WHERE name LIKE '` + planWidgets + `%'`,
+		`INSERT INTO ` + selectorsql.IndexTable + ` (id, kind, name, value, num, key)
+			SELECT id, 'l', 'decile', (id % 10)::text, id % 10, name FROM kine WHERE name LIKE '` + planWidgets + `%'`,
+		`INSERT INTO ` + selectorsql.IndexTable + ` (id, kind, name, value, num, key)
+			SELECT id, 'f', 'metadata.name', substr(name, 22), NULL, name FROM kine WHERE name LIKE '` + planWidgets + `%'`,
+		`ANALYZE`,
+	} {
+		if _, err := db.Exec(stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	return db
+}
+
+// explainPostgres runs explain (EXPLAIN, or EXPLAIN ANALYZE) of q and
+// returns the plan's lines.
+func explainPostgres(t *testing.T, db *sql.DB, explain string, q selectorsql.Query) []string {
+	t.Helper()
+	rows, err := db.Query(explain+query.New(q.SQL, "$", true, "").Query, q.Args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var plan []string
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			t.Fatal(err)
+		}
+		plan = append(plan, line)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return plan
 }
 
 func mustParse(t *testing.T, s string) []labels.Requirement {
@@ -92,46 +115,18 @@ func mustParse(t *testing.T, s string) []labels.Requirement {
 // rows read (EXPLAIN ANALYZE's actual rows) are about the page, wherever
 // the page starts, not the 10,000 matches.
 func TestPostgresPlanForPage(t *testing.T) {
-	pg := pgserver.Start(t)
-	s := store{dir: t.TempDir(), endpoint: pg.DSN()}
-	start(t, s, nil).stop() // creates the schema
-	db := s.sql(t)
-	const widgets = "/registry/widgets/"
-	for _, stmt := range []string{
-		`INSERT INTO kine (name, created, deleted, create_revision, prev_revision, lease, value, old_value)
-			SELECT '` + widgets + `ns/w' || lpad(g::text, 6, '0'), 1, 0, 0, 0, 0, '\x00'::bytea, NULL FROM generate_series(1, 100000) AS g`,
-		`INSERT INTO ` + selectorsql.RowsTable + ` (id, decoded) SELECT id, 1 FROM kine WHERE name LIKE '/registry/%' ON CONFLICT DO NOTHING`,
-		`INSERT INTO ` + selectorsql.IndexTable + ` (id, kind, name, value, num, key)
-			SELECT id, 'l', 'decile', (id % 10)::text, id % 10, name FROM kine WHERE name LIKE '` + widgets + `%'`,
-		`ANALYZE`,
-	} {
-		if _, err := db.Exec(stmt); err != nil {
-			t.Fatalf("%s: %v", stmt, err)
-		}
-	}
+	db := postgresWidgets(t)
 	const limit = 501
 	for _, tc := range []struct{ label, startKey string }{
-		{"decile=7", widgets},
-		{"decile=7", widgets + "ns/w050000"},
-		{"decile=7", widgets + "ns/w099000"},
-		{"decile in (3,7)", widgets + "ns/w050000"},
+		{"decile=7", planWidgets},
+		{"decile=7", planWidgets + "ns/w050000"},
+		{"decile=7", planWidgets + "ns/w099000"},
+		{"decile in (3,7)", planWidgets + "ns/w050000"},
 	} {
 		sel := selection.FromSelectors(labels.Everything().Add(mustParse(t, tc.label)...), fields.Everything())
 		for _, rev := range []int64{0, 90000} {
-			q := selectorsql.List(selectorsql.Request{Range: selectorsql.Range{Start: tc.startKey, End: prefixEnd(widgets)}, Revision: rev, Limit: limit, Selection: sel, FieldIndexed: func(string) bool { return true }, AllRowsIndexed: true})
-			rows, err := db.Query("EXPLAIN ANALYZE "+query.New(q.SQL, "$", true, "").Query, q.Args...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var plan []string
-			for rows.Next() {
-				var line string
-				if err := rows.Scan(&line); err != nil {
-					t.Fatal(err)
-				}
-				plan = append(plan, line)
-			}
-			rows.Close()
+			q := selectorsql.List(selectorsql.Request{Range: selectorsql.Range{Start: tc.startKey, End: prefixEnd(planWidgets)}, Revision: rev, Limit: limit, Selection: sel, FieldIndexed: func(string) bool { return true }, AllRowsIndexed: true})
+			plan := explainPostgres(t, db, "EXPLAIN ANALYZE ", q)
 			text := strings.Join(plan, "\n")
 			if read := indexRowsRead(plan, "harikube_index_current"); read == 0 || read > 2*limit {
 				t.Errorf("%s from %s at revision %d: %d index rows read for a page of %d:\n%s", tc.label, tc.startKey, rev, read, limit, text)

@@ -206,24 +206,33 @@ func TestHistoryQueryPlan(t *testing.T) {
 		} {
 			r.Range, r.Revision, r.FieldIndexed, r.AllRowsIndexed = widgets, rev, s.fieldIndexed, true
 			f := translate(r)
-			rows, err := s.db.Query("EXPLAIN QUERY PLAN "+f.Drive, f.DriveArgs...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var plan []string
-			for rows.Next() {
-				var id, parent, notused int
-				var detail string
-				if err := rows.Scan(&id, &parent, &notused, &detail); err != nil {
-					t.Fatal(err)
-				}
-				plan = append(plan, detail)
-			}
-			rows.Close()
-			text := strings.Join(plan, "\n")
+			text := strings.Join(queryPlan(t, s.db, f.Drive, f.DriveArgs), "\n")
 			if !strings.Contains(text, "harikube_index_current") || (rev > 0) != strings.Contains(text, "harikube_index_superseded") || strings.Contains(text, "SCAN i") {
 				t.Errorf("revision %d, %v: plan\n%s", rev, r.Selection, text)
 			}
 		}
 	}
+}
+
+// queryPlan returns the details of SQLite's EXPLAIN QUERY PLAN of query.
+func queryPlan(t *testing.T, db sqlQuerier, query string, args []any) []string {
+	t.Helper()
+	rows, err := db.Query("EXPLAIN QUERY PLAN "+query, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var plan []string
+	for rows.Next() {
+		var id, parent, notused int
+		var detail string
+		if err := rows.Scan(&id, &parent, &notused, &detail); err != nil {
+			t.Fatal(err)
+		}
+		plan = append(plan, detail)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return plan
 }

@@ -164,20 +164,7 @@ func TestPagingQueryPlan(t *testing.T) {
 			self(rq("status.phase", sel.Equals, "red")),
 		} {
 			q := List(Request{Range: widgets, Revision: rev, Limit: 11, Selection: selc, FieldIndexed: s.fieldIndexed, AllRowsIndexed: true})
-			rows, err := s.db.Query("EXPLAIN QUERY PLAN "+q.SQL, q.Args...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var plan []string
-			for rows.Next() {
-				var id, parent, notused int
-				var detail string
-				if err := rows.Scan(&id, &parent, &notused, &detail); err != nil {
-					t.Fatal(err)
-				}
-				plan = append(plan, detail)
-			}
-			rows.Close()
+			plan := queryPlan(t, s.db, q.SQL, q.Args)
 			text := strings.Join(plan, "\n")
 			// Each walk of current rows is a co-routine read in index
 			// order: nothing in it is sorted. (The rows superseded since an

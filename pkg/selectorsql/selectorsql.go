@@ -389,9 +389,23 @@ func from(b *builder, req Request, f Filter) {
 // valid renders the checks of a row kv found by its key: the newest row of
 // its key at the requested revision, not a tombstone, and the filter.
 func valid(b *builder, req Request, f Filter) {
-	if req.Revision > 0 {
+	validNewest(b, req, f, false)
+}
+
+// validNewest is valid; with later, the newest-row check reads "no later
+// row of the key at the revision", which PostgreSQL plans as an anti-join
+// it expects most rows to pass: the equality with a MAX subquery is taken
+// to keep 0.5 % of them, and a walk expected to find fewer rows than its
+// limit is planned as a sort of every candidate instead.
+func validNewest(b *builder, req Request, f Filter, later bool) {
+	switch {
+	case later && req.Revision > 0:
+		b.write(" AND NOT EXISTS (SELECT 1 FROM kine AS k2 WHERE k2.name = kv.name AND k2.id > kv.id AND k2.id <= ?)", req.Revision)
+	case later:
+		b.write(" AND NOT EXISTS (SELECT 1 FROM kine AS k2 WHERE k2.name = kv.name AND k2.id > kv.id)")
+	case req.Revision > 0:
 		b.write(" AND kv.id = (SELECT MAX(k2.id) FROM kine AS k2 WHERE k2.name = kv.name AND k2.id <= ?)", req.Revision)
-	} else {
+	default:
 		b.write(" AND kv.id = (SELECT MAX(k2.id) FROM kine AS k2 WHERE k2.name = kv.name)")
 	}
 	b.write(" AND (kv.deleted = 0 OR ?)", req.IncludeDeleted)
@@ -522,7 +536,7 @@ func walkBranches(b *builder, req Request, f Filter, limit string) {
 		b.write("SELECT * FROM (SELECT kv.id AS id, kv.name AS name FROM "+IndexTable+" AS i CROSS JOIN kine AS kv WHERE "+cond, args...)
 		b.write(keyRange, rangeArgs...)
 		b.write(" AND kv.id = i.id")
-		valid(b, req, f)
+		validNewest(b, req, f, true)
 		b.write(" ORDER BY i.key ASC" + limit + ") AS w" + strconv.Itoa(n))
 	}
 	n := 0
