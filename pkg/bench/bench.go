@@ -212,7 +212,7 @@ func (o *Options) complete() error {
 func runMode(ctx context.Context, opts Options, con *console, m Mode, memCap *memoryCap) (results []Result, mixed *MixedResult, err error) {
 	begin := time.Now()
 	con.printf("\n[%s] %s\n", m.Name, m.Description)
-	ender, err := newModeEnder(m.Name, opts.ModeBudget, memCap)
+	ender, err := newModeEnder(m.Name, opts, memCap, con)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -7,6 +7,9 @@ import (
 	"io"
 	"strings"
 	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // ModeEnd is a mode that ended before its last size for a reason the bench
@@ -47,10 +50,14 @@ type modeEnder struct {
 	// oomBefore is the cgroup's OOM kill count when the mode began.
 	oomBefore int64
 	dbDir     string
+	// lists and con time and print the LISTs at the size a cut seeding
+	// reached.
+	lists Repetition
+	con   *console
 }
 
-func newModeEnder(mode string, budget time.Duration, memCap *memoryCap) (*modeEnder, error) {
-	e := &modeEnder{mode: mode, begin: time.Now(), budget: budget, memCap: memCap}
+func newModeEnder(mode string, opts Options, memCap *memoryCap, con *console) (*modeEnder, error) {
+	e := &modeEnder{mode: mode, begin: time.Now(), budget: opts.ModeBudget, memCap: memCap, lists: opts.Repetition, con: con}
 	if memCap != nil {
 		if err := memCap.resetPeak(); err != nil {
 			return nil, err
@@ -84,6 +91,12 @@ func (e *modeEnder) end(ctx context.Context, err error, srv *server, etcd *proce
 	if res != nil {
 		reached = *res
 		reached.N = seeded + res.Create.Objects
+		if cut := res.Create.cut; cut != nil && cause == "time" && srv != nil && !srv.exited() {
+			var lerr error
+			if reached.Lists, reached.N, lerr = e.measureReached(ctx, srv, cut); lerr != nil {
+				e.con.printf("  LISTs at the size reached: %v\n", lerr)
+			}
+		}
 	}
 	if srv != nil {
 		reached.ServerPeakRSSBytes = peakRSSOrSampled(srv.process)
@@ -101,6 +114,53 @@ func (e *modeEnder) end(ctx context.Context, err error, srv *server, etcd *proce
 		end.CgroupPeakBytes, _ = e.memCap.peak()
 	}
 	return &modeEnded{end: end}
+}
+
+// reachedGrace bounds the LISTs timed after the time budget is spent.
+const reachedGrace = 3 * time.Minute
+
+// measureReached times the selective LISTs at the size a seeding cut short
+// by the time budget reached, each checked against the widgets it created
+// (asking the server about the creates whose outcome the client did not
+// learn), within a grace period of its own. It returns them and the number
+// of widgets.
+func (e *modeEnder) measureReached(ctx context.Context, srv *server, cut *cutSeeding) ([]ListResult, int, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reachedGrace)
+	defer cancel()
+	rc := srv.client.Resource(widgets).Namespace(namespace)
+	for _, i := range cut.failed {
+		_, err := rc.Get(ctx, widgetName(i), metav1.GetOptions{})
+		switch {
+		case err == nil:
+			cut.created[i-cut.from] = true
+		case !apierrors.IsNotFound(err):
+			return nil, 0, fmt.Errorf("check %s: %w", widgetName(i), err)
+		}
+	}
+	n := cut.from
+	for _, ok := range cut.created {
+		if ok {
+			n++
+		}
+	}
+	exists := func(i int) bool { return i < cut.from || cut.created[i-cut.from] }
+	e.con.printf("[%s, N=%d reached] selective LISTs (within %s after the budget)\n", e.mode, n, reachedGrace)
+	var out []ListResult
+	for _, w := range Workloads() {
+		if !w.Selective {
+			continue
+		}
+		match := w.match
+		w.match = func(i int) bool { return match(i) && exists(i) }
+		lr, err := measureList(ctx, srv.client, w, max(cut.from, cut.attempted), e.lists)
+		if err != nil {
+			return out, n, err
+		}
+		out = append(out, lr)
+		e.con.printf("  %-44s p50 %9.2f ms  p95 %9.2f ms  (%d runs, %d objects, %d pages)\n",
+			w.Title, lr.P50Ms, lr.P95Ms, lr.Samples, lr.Got, lr.Pages)
+	}
+	return out, n, nil
 }
 
 // classify names the end an error is, or returns "" when it is a failure.

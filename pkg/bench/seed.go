@@ -81,6 +81,18 @@ type Throughput struct {
 	// CPUSecondsPer1000 is the server's CPU time (with etcd's in the etcd
 	// mode) per 1,000 operations: steadier than the rate on a busy machine.
 	CPUSecondsPer1000 float64 `json:"cpu_seconds_per_1000,omitempty"`
+	// cut is what an interrupted seeding created, so that the LISTs can be
+	// checked at the size it reached.
+	cut *cutSeeding
+}
+
+// cutSeeding is a seeding that ended early: widgets from..attempted-1 were
+// attempted, created[i-from] tells which creates succeeded, and failed
+// lists those whose outcome the client did not learn.
+type cutSeeding struct {
+	from, attempted int
+	created         []bool
+	failed          []int
 }
 
 // seed creates widgets from..n-1 with the given number of concurrent
@@ -88,11 +100,18 @@ type Throughput struct {
 // returns how many it created, and how fast.
 func seed(ctx context.Context, c dynamic.Interface, from, n, workers int, con *console) (Throughput, error) {
 	rc := c.Resource(widgets).Namespace(namespace)
-	var retries, created atomic.Int64
+	var retries, created, attempted atomic.Int64
+	cut := &cutSeeding{from: from, created: make([]bool, n-from)}
+	var mu sync.Mutex
 	elapsed, err := inParallel(ctx, con, "seeding", from, n, workers, func(i int) error {
+		storeMax(&attempted, int64(i+1))
 		if err := createWithRetry(ctx, rc, widget(i), &retries); err != nil {
+			mu.Lock()
+			cut.failed = append(cut.failed, i)
+			mu.Unlock()
 			return fmt.Errorf("create %s: %w", widgetName(i), err)
 		}
+		cut.created[i-from] = true // each i is one worker's
 		created.Add(1)
 		return nil
 	})
@@ -101,6 +120,8 @@ func seed(ctx context.Context, c dynamic.Interface, from, n, workers int, con *c
 	}
 	t := Throughput{Objects: int(created.Load()), Workers: workers, Seconds: elapsed.Seconds(), PerSecond: float64(created.Load()) / elapsed.Seconds(), Retries: retries.Load()}
 	if err != nil {
+		cut.attempted = int(attempted.Load())
+		t.cut = cut
 		return t, err
 	}
 	con.printf("seeded %d objects (%d→%d) in %.1fs with %d clients: %.0f creates/s\n", t.Objects, from, n, t.Seconds, workers, t.PerSecond)
