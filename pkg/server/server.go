@@ -245,6 +245,7 @@ func Run(ctx context.Context, cfg Config) error {
 		logrus.Info("Stopped before becoming ready")
 		return nil
 	}
+	go skipGC.RunDeletionGuard(apiCtx, client)
 
 	cmCtx, stopCM := context.WithCancel(context.Background())
 	defer stopCM()
