@@ -5,7 +5,6 @@ package bench_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"encoding/xml"
 	"os"
 	"os/exec"
@@ -44,21 +43,7 @@ func TestBenchAllModes(t *testing.T) {
 			t.Errorf("output does not say that mode %s stopped cleanly", m.Name)
 		}
 	}
-	if entries, _ := filepath.Glob(filepath.Join(dir, "harikube-bench-*")); len(entries) != 0 {
-		t.Errorf("data directories left behind: %v", entries)
-	}
-
-	data, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rep bench.Report
-	if err := json.Unmarshal(data, &rep); err != nil {
-		t.Fatalf("results JSON: %v\n%s", err, data)
-	}
-	if rep.Error != "" {
-		t.Errorf("report error: %s", rep.Error)
-	}
+	rep := readRun(t, dir, out)
 	want := map[string]int{
 		"label-1": 1, "label-1-paged": 1, "label-0.1%": 1, "label-0.1%-paged": 1,
 		"label-10%": n / 10, "label-10%-paged": n / 10, "field-1": 1, "field-1-paged": 1, "all-paged": n,

@@ -39,6 +39,13 @@ func runBench(t *testing.T, timeout time.Duration, args ...string) (bench.Report
 		t.Fatalf("harikube bench %v: %v\n%s", args, err, output.String())
 	}
 	t.Logf("harikube bench output:\n%s", output.String())
+	return readRun(t, dir, out), output.String()
+}
+
+// readRun checks that a bench run left no data directory behind in dir
+// and returns its report from the JSON file out, which must hold no error.
+func readRun(t *testing.T, dir, out string) bench.Report {
+	t.Helper()
 	if entries, _ := filepath.Glob(filepath.Join(dir, "harikube-bench-*")); len(entries) != 0 {
 		t.Errorf("data directories left behind: %v", entries)
 	}
@@ -53,7 +60,7 @@ func runBench(t *testing.T, timeout time.Duration, args ...string) (bench.Report
 	if rep.Error != "" {
 		t.Errorf("report error: %s", rep.Error)
 	}
-	return rep, output.String()
+	return rep
 }
 
 // TestBenchModeKilledAtMemoryLimitIsReported: with a memory limit far below
