@@ -242,7 +242,7 @@ func newSQLite(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Config) (bo
 	if err != nil {
 		return false, nil, err
 	}
-	b, err := newIndexedBackend(ctx, wg, cfg, g, w, database{schema: selectorsql.SQLiteSchema(), param: "?"})
+	b, err := newIndexedBackend(ctx, wg, cfg, g, w, database{schema: selectorsql.SQLiteSchema(), param: "?", prepareGrouped: true})
 	return false, b, err
 }
 
@@ -252,6 +252,10 @@ type database struct {
 	// param is the placeholder prefix; numbered databases take $1, $2, ….
 	param    string
 	numbered bool
+	// prepareGrouped prepares the statements of grouped writes once per
+	// group: modernc.org/sqlite parses every unprepared statement again,
+	// while pgx keeps its own cache of prepared statements.
+	prepareGrouped bool
 }
 
 // newIndexedBackend puts the index beside kine's tables of an opened
@@ -287,7 +291,7 @@ func newIndexedBackend(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Con
 			logrus.Warnf("Index rows from before this version stay unmarked (reads visit their history) until the next start: %v", err)
 		}
 	}()
-	d := &dialect{Generic: g, idx: idx, gate: gate, param: db.param, numbered: db.numbered}
+	d := &dialect{Generic: g, idx: idx, gate: gate, param: db.param, numbered: db.numbered, prepareGrouped: db.prepareGrouped}
 	log := sqllog.New(d, wg, cfg)
 	w.built = &backend{Backend: logstructured.New(log), log: log, committed: &d.committed, idx: idx, cache: newEntryCache(), metrics: w.metrics, pages: newPageCounts()}
 	return w.built, nil

@@ -29,6 +29,8 @@ type dialect struct {
 	// committed is the highest revision committed through this dialect.
 	committed atomic.Int64
 	gate      *writeGate
+	// prepareGrouped: see database.prepareGrouped.
+	prepareGrouped bool
 }
 
 // noteCommitted records that revision rev is committed.

@@ -141,7 +141,7 @@ func groupedDialect(t *testing.T) *dialect {
 		t.Fatal(err)
 	}
 	gate := newWriteGate()
-	return &dialect{Generic: g, gate: gate, idx: newIndexer(nil, g.DB, gate, "?", false)}
+	return &dialect{Generic: g, gate: gate, idx: newIndexer(nil, g.DB, gate, "?", false), prepareGrouped: true}
 }
 
 type appended struct {

@@ -194,11 +194,11 @@ func (t *tx) Insert(ctx context.Context, key string, created, deleted bool, prev
 	return id, nil
 }
 
-// ExecContext runs an insert's statement, prepared once per group for the
-// writes of a group: SQLite parsed each statement anew, 20 % of a create's
-// CPU in the datastore benchmark.
+// ExecContext runs an insert's statement, on SQLite prepared once per group
+// for the writes of a group: SQLite parsed each statement anew, 20 % of a
+// create's CPU in the datastore benchmark.
 func (t *tx) ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error) {
-	if t.group == nil {
+	if t.group == nil || !t.d.prepareGrouped {
 		return t.x.ExecContext(ctx, q, args...)
 	}
 	s, err := t.group.prepared(ctx, q)
@@ -209,7 +209,7 @@ func (t *tx) ExecContext(ctx context.Context, q string, args ...any) (sql.Result
 }
 
 func (t *tx) queryRow(ctx context.Context, q string, args ...any) *sql.Row {
-	if t.group != nil {
+	if t.group != nil && t.d.prepareGrouped {
 		if s, err := t.group.prepared(ctx, q); err == nil {
 			return s.QueryRowContext(ctx, args...)
 		}
