@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -222,6 +223,34 @@ func TestSkipGCAndQuota(t *testing.T) {
 			_, err := dyn.Resource(skippedThings).Namespace(ns).Get(ctx, "dep-after", metav1.GetOptions{})
 			return err
 		})
+	})
+
+	t.Run("adding the annotation to a followed resource", func(t *testing.T) {
+		crd, err := ext.ApiextensionsV1().CustomResourceDefinitions().Get(ctx, followedThings.Resource+"."+followedThings.Group, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		crd.Annotations = map[string]string{controllermanager.SkipGCAndQuotaAnnotation: "true"}
+		if _, err := ext.ApiextensionsV1().CustomResourceDefinitions().Update(ctx, crd, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		// The guard applies at once; the informer already started stays
+		// (upstream cannot stop one shared informer) until a restart.
+		waitFor(t, "the deletion guard for things", func(ctx context.Context) bool {
+			p, err := s.Client.AdmissionregistrationV1().ValidatingAdmissionPolicies().Get(ctx, controllermanager.DeletionGuardName, metav1.GetOptions{})
+			return err == nil && len(p.Spec.MatchConstraints.ResourceRules) == 1 && slices.Equal(p.Spec.MatchConstraints.ResourceRules[0].Resources, []string{followedThings.Resource})
+		})
+		if n := watches("things"); n < 1 {
+			t.Fatalf("%v watches of things before the restart, want the informer still running", n)
+		}
+		if code := s.Stop(t); code != 0 {
+			t.Fatalf("harikube server exited %d on SIGTERM", code)
+		}
+		s.Restart(t)
+		waitFor(t, "the controller manager to watch skippedthings after the restart", func(ctx context.Context) bool { return watches("skippedthings") >= 1 })
+		if n := watches("things"); n != 0 {
+			t.Fatalf("%v watches of things after the restart, want none", n)
+		}
 	})
 }
 
