@@ -95,8 +95,12 @@ func (s *SkipGCAndQuota) resources() (map[schema.GroupResource]bool, error) {
 // request passes unchanged.
 func (s *SkipGCAndQuota) Wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || !strings.HasPrefix(r.URL.Path, "/api") {
+			next.ServeHTTP(w, r)
+			return
+		}
 		group, perVersion, isDiscovery := discoveryPath(r.URL.Path)
-		if r.Method != http.MethodGet || !isDiscovery || !fromDiscoveringController(r) {
+		if !isDiscovery || !fromDiscoveringController(r) {
 			next.ServeHTTP(w, r)
 			return
 		}
