@@ -23,11 +23,7 @@ func pageOfList(t *testing.T, label string) context.Context {
 	}
 	s := selection.FromSelectors(ls, fields.Everything())
 	s.Page = true
-	ctx, err := selection.NewOutgoingContext(context.Background(), s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ctx
+	return selectionContext(t, s)
 }
 
 // A page of a marked selection says "more follow" with a Count above the
