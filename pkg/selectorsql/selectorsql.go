@@ -254,9 +254,9 @@ type Filter struct {
 	// every row that may match, so the caller can start from them.
 	Drive     string
 	DriveArgs []any
-	// walk is the first = or in requirement, by value (term.walks), with
-	// the set of its values as a condition on i (walkAll) for the rows
-	// superseded since an older revision, which are not in key order.
+	// walks are the first = or in requirement's, one per value
+	// (term.walks); walkAll is the set of its values as a condition on i,
+	// for the rows superseded since an older revision (not in key order).
 	walks       []string
 	walkArgs    [][]any
 	walkAll     string
