@@ -45,12 +45,12 @@ type gateWaiter struct {
 	granted bool
 }
 
-// A group ends when it holds groupMaxWrites writes or groupMaxAge after its
-// first write finished, so that write waits for a bounded number of others. Before ending a
-// group nobody waits to join, the gate yields the processor up to
-// groupYields times: on a busy machine the next writers are often runnable
-// but not running, and each that joins saves a commit (in the datastore
-// benchmark, groups of 3 writes became groups of 10 and CPU per create fell 15 %).
+// A group ends at groupMaxWrites writes, or groupMaxAge after its first
+// write finished, so that write waits for a bounded number of others.
+// Before ending a group nobody waits to join, the gate yields the processor
+// up to groupYields times: on a busy machine the next writers are often
+// runnable but not running, and each that joins saves a commit (groups of
+// 3 writes became 10 in the datastore benchmark, CPU per create -15 %).
 const (
 	groupMaxWrites = 64
 	groupMaxAge    = 10 * time.Millisecond
