@@ -208,15 +208,6 @@ func (t *tx) ExecContext(ctx context.Context, q string, args ...any) (sql.Result
 	return s.ExecContext(ctx, args...)
 }
 
-func (t *tx) queryRow(ctx context.Context, q string, args ...any) *sql.Row {
-	if t.group != nil && t.d.prepareGrouped {
-		if s, err := t.group.prepared(ctx, q); err == nil {
-			return s.QueryRowContext(ctx, args...)
-		}
-	}
-	return t.x.QueryRowContext(ctx, q, args...)
-}
-
 type extractedKey struct{}
 
 type extracted struct {
@@ -252,7 +243,7 @@ func (t *tx) insertReturning(ctx context.Context, cols []any) (int64, error) {
 			return 0, err
 		}
 		var id int64
-		err := t.queryRow(ctx, t.d.InsertReturningSQL.Query, cols...).Scan(&id)
+		err := t.x.QueryRowContext(ctx, t.d.InsertReturningSQL.Query, cols...).Scan(&id)
 		if err == nil || errors.Is(err, sql.ErrNoRows) {
 			if _, rerr := t.x.ExecContext(ctx, "RELEASE SAVEPOINT harikube_insert"); rerr != nil {
 				return 0, rerr
