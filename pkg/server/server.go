@@ -69,6 +69,10 @@ type Config struct {
 // the syncer writes it before it starts harikube.
 const hostServiceCIDRWait = 30 * time.Second
 
+// skipGCSyncWait bounds the wait for the first list of CRDs before the
+// controller manager starts.
+const skipGCSyncWait = 30 * time.Second
+
 // Run starts everything, reports readiness, and blocks until ctx ends; then
 // it stops the controller manager, the apiserver and the datastore in that
 // order. A nil error means a clean stop.
@@ -240,10 +244,18 @@ func Run(ctx context.Context, cfg Config) error {
 	logrus.Infof("API server: %s", apiURL)
 	logrus.Infof("Admin kubeconfig: %s", kubeconfig)
 	go skipGC.Run(apiCtx)
-	if !skipGC.WaitForSync(ctx) {
+	// The controllers' discovery waits for the CRD list (and retries every
+	// 30 s until it is there); the controller manager starts either way.
+	syncCtx, cancelSync := context.WithTimeout(ctx, skipGCSyncWait)
+	synced := skipGC.WaitForSync(syncCtx)
+	cancelSync()
+	if ctx.Err() != nil {
 		_ = stopAPIAndWait()
 		logrus.Info("Stopped before becoming ready")
 		return nil
+	}
+	if !synced {
+		logrus.Warnf("CustomResourceDefinitions not listed after %s: the garbage collector and quota controller wait for them to know which resources skip them (%s)", skipGCSyncWait, controllermanager.SkipGCAndQuotaAnnotation)
 	}
 	go skipGC.RunDeletionGuard(apiCtx, client)
 
