@@ -47,6 +47,8 @@ func TestBenchAllModes(t *testing.T) {
 	want := map[string]int{
 		"label-1": 1, "label-1-paged": 1, "label-0.1%": 1, "label-0.1%-paged": 1,
 		"label-10%": n / 10, "label-10%-paged": n / 10, "field-1": 1, "field-1-paged": 1, "all-paged": n,
+		// The paging workload's single pages (at n = 50 the 10 % LIST has one).
+		"page-10%-first": n / 10, "page-10%-middle": n / 10, "page-10%-last": n / 10, "page-1-first": 1,
 	}
 	if len(rep.Results) != len(bench.Modes) {
 		t.Fatalf("%d results, want one per mode (%d)", len(rep.Results), len(bench.Modes))
