@@ -41,6 +41,9 @@ var discoveringControllers = []string{"generic-garbage-collector", "resourcequot
 // its controllers share without --use-service-account-credentials.
 const controllerManagerUser = "system:kube-controller-manager"
 
+// aggregatedJSON asks for aggregated discovery v2 as JSON, as client-go does.
+const aggregatedJSON = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+
 // SkipGCAndQuota hides opted-out custom resources from the discovery
 // answers the garbage collector and the resource quota controller get,
 // which is how upstream decides what they monitor. It follows CRDs with a
@@ -117,9 +120,13 @@ func (s *SkipGCAndQuota) Wrap(next http.Handler) http.Handler {
 		// A plain JSON answer, whole: the filter decodes it.
 		r.Header.Del("Accept-Encoding")
 		r.Header.Del("If-None-Match")
-		if perVersion {
-			r.Header.Set("Accept", "application/json")
+		// JSON, which the filter reads: aggregated discovery (v2) for /api
+		// and /apis, a plain list otherwise.
+		accept := "application/json"
+		if !perVersion {
+			accept = aggregatedJSON + "," + accept
 		}
+		r.Header.Set("Accept", accept)
 		buf := &bufferedResponse{header: http.Header{}, status: http.StatusOK}
 		next.ServeHTTP(buf, r)
 		body := buf.body.Bytes()
