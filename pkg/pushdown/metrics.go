@@ -16,8 +16,13 @@ var (
 		Help:           "Objects the apiserver kept after re-applying the predicate to pushed-down LISTs, by resource; compare with harikube_datastore_selection_rows_total.",
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"resource"})
+	metricDecodedReused = metrics.NewCounterVec(&metrics.CounterOpts{
+		Name:           "harikube_apiserver_decoded_values_reused_total",
+		Help:           "Decodes of a custom resource's stored value answered with a copy of what indexing the write had decoded, by resource.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"resource"})
 )
 
 func init() {
-	legacyregistry.MustRegister(metricRequests, metricItemsKept)
+	legacyregistry.MustRegister(metricRequests, metricItemsKept, metricDecodedReused)
 }

@@ -67,8 +67,9 @@ type CRDGetter = func(ctx context.Context, name string) (*apiextensionsv1.Custom
 // getters; customResources marks the getter of custom resources, and crds
 // reads their definitions.
 func Wrapper(opts Options) func(inner generic.RESTOptionsGetter, customResources bool, crds CRDGetter) generic.RESTOptionsGetter {
+	decoded := newDecodedValues()
 	return func(inner generic.RESTOptionsGetter, customResources bool, crds CRDGetter) generic.RESTOptionsGetter {
-		return &getter{inner: inner, opts: opts, customResources: customResources, crds: crds}
+		return &getter{inner: inner, opts: opts, customResources: customResources, crds: crds, decoded: decoded}
 	}
 }
 
@@ -77,6 +78,8 @@ type getter struct {
 	opts            Options
 	customResources bool
 	crds            CRDGetter
+	// decoded lets custom resource storages reuse what indexing decoded.
+	decoded *decodedValues
 }
 
 var undecorated = reflect.ValueOf(generic.UndecoratedStorage).Pointer()
@@ -112,19 +115,26 @@ func (g *getter) decorator(cached bool) generic.StorageDecorator {
 	return func(config *storagebackend.ConfigForResource, resourcePrefix string, keyFunc func(runtime.Object) (string, error),
 		newFunc, newListFunc func() runtime.Object, getAttrs storage.AttrFunc, triggers storage.IndexerFuncs, indexers *cache.Indexers,
 	) (storage.Interface, factory.DestroyFunc, error) {
+		name := config.GroupResource.String()
+		registry := g.opts.Registry
+		if g.opts.Route != nil {
+			var err error
+			if registry, err = g.opts.Route(config.GroupResource, config.Transport.ServerList, keyPrefix(config, resourcePrefix)); err != nil {
+				return nil, func() {}, err
+			}
+		}
+		decode := func(value []byte, into runtime.Object) error { return runtime.DecodeInto(config.Codec, value, into) }
+		if g.customResources && registry != nil && g.decoded != nil {
+			reusing := g.decoded.codec(config.Codec, name)
+			withReuse := *config
+			withReuse.Codec = reusing
+			config, decode = &withReuse, reusing.decodeAndKeep
+		}
 		raw, destroy, err := generic.NewRawStorage(config, newFunc, newListFunc, resourcePrefix)
 		if err != nil {
 			return raw, destroy, err
 		}
-		name := config.GroupResource.String()
-		registry := g.opts.Registry
-		if g.opts.Route != nil {
-			if registry, err = g.opts.Route(config.GroupResource, config.Transport.ServerList, keyPrefix(config, resourcePrefix)); err != nil {
-				destroy()
-				return nil, func() {}, err
-			}
-		}
-		res, trust := resourceIndex(name, config, resourcePrefix, newFunc, getAttrs), trustAll
+		res, trust := resourceIndex(name, config, resourcePrefix, newFunc, getAttrs, decode), trustAll
 		if g.customResources {
 			res, trust = g.customResourceIndex(res, newFunc)
 		}
@@ -255,13 +265,12 @@ func builtinDefinition() string {
 }
 
 // resourceIndex builds the extractor the datastore indexes this resource's
-// values with: the resource's storage codec and its own attribute function,
+// values with: decode (the resource's storage codec) and its own attribute function,
 // so indexed fields are exactly the fields its selectors can name.
-func resourceIndex(name string, config *storagebackend.ConfigForResource, resourcePrefix string, newFunc func() runtime.Object, getAttrs storage.AttrFunc) index.Resource {
-	codec := config.Codec
+func resourceIndex(name string, config *storagebackend.ConfigForResource, resourcePrefix string, newFunc func() runtime.Object, getAttrs storage.AttrFunc, decode func([]byte, runtime.Object) error) index.Resource {
 	extract := func(value []byte) (labels.Set, fields.Set, error) {
 		obj := newFunc()
-		if err := runtime.DecodeInto(codec, value, obj); err != nil {
+		if err := decode(value, obj); err != nil {
 			return nil, nil, err
 		}
 		return getAttrs(obj)
