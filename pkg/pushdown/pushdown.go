@@ -123,20 +123,21 @@ func (g *getter) decorator(cached bool) generic.StorageDecorator {
 				return nil, func() {}, err
 			}
 		}
-		decode := func(value []byte, into runtime.Object) error { return runtime.DecodeInto(config.Codec, value, into) }
+		plain := attributesOf(newFunc, getAttrs, decodeWith(config.Codec))
+		extract := plain
 		if g.customResources && registry != nil && g.decoded != nil {
 			reusing := g.decoded.codec(config.Codec, name)
 			withReuse := *config
 			withReuse.Codec = reusing
-			config, decode = &withReuse, reusing.decodeAndKeep
+			config, extract = &withReuse, attributesOf(newFunc, getAttrs, reusing.decodeToKeep)
 		}
 		raw, destroy, err := generic.NewRawStorage(config, newFunc, newListFunc, resourcePrefix)
 		if err != nil {
 			return raw, destroy, err
 		}
-		res, trust := resourceIndex(name, config, resourcePrefix, newFunc, getAttrs, decode), trustAll
+		res, trust := resourceIndex(name, config, resourcePrefix, newFunc, getAttrs, extract), trustAll
 		if g.customResources {
-			res, trust = g.customResourceIndex(res, newFunc)
+			res, trust = g.customResourceIndex(res, newFunc, plain)
 		}
 		if registry != nil && getAttrs != nil && res.Definition != "" {
 			registry.Register(res)
@@ -196,7 +197,7 @@ const (
 // pruned or (through a webhook) converted differently: its field selectors,
 // and with a webhook its label selectors, are left to the apiserver. When the
 // definition cannot be read, nothing is registered and only names are pushed.
-func (g *getter) customResourceIndex(res index.Resource, newFunc func() runtime.Object) (index.Resource, trust) {
+func (g *getter) customResourceIndex(res index.Resource, newFunc func() runtime.Object, plain index.Extractor) (index.Resource, trust) {
 	res.Definition = ""
 	if g.crds == nil {
 		return res, trustNames
@@ -217,7 +218,8 @@ func (g *getter) customResourceIndex(res index.Resource, newFunc func() runtime.
 	res.Definition = crdDefinition(crd, version)
 	res.Mutable = true
 	res.LabelsConverted = webhook
-	if reduced, ok := reducedExtractor(crd, version, res.Extract); ok && !webhook {
+	// The reduced value is not what is stored: nothing to keep for reuse.
+	if reduced, ok := reducedExtractor(crd, version, plain); ok && !webhook {
 		res.Extract = reduced
 	}
 	return res, trustAll
@@ -264,17 +266,36 @@ func builtinDefinition() string {
 	return "builtin/" + definitionScheme + "/" + utilversion.Get().GitVersion
 }
 
-// resourceIndex builds the extractor the datastore indexes this resource's
-// values with: decode (the resource's storage codec) and its own attribute function,
-// so indexed fields are exactly the fields its selectors can name.
-func resourceIndex(name string, config *storagebackend.ConfigForResource, resourcePrefix string, newFunc func() runtime.Object, getAttrs storage.AttrFunc, decode func([]byte, runtime.Object) error) index.Resource {
-	extract := func(value []byte) (labels.Set, fields.Set, error) {
+// decoder decodes a stored value into into; keep, called once the caller is
+// done reading the object, offers it for reuse.
+type decoder func(value []byte, into runtime.Object) (keep func(), err error)
+
+func decodeWith(codec runtime.Codec) decoder {
+	return func(value []byte, into runtime.Object) (func(), error) {
+		return func() {}, runtime.DecodeInto(codec, value, into)
+	}
+}
+
+// attributesOf is the extractor of a resource's stored values: decoded
+// with its storage codec, read with its own attribute function.
+func attributesOf(newFunc func() runtime.Object, getAttrs storage.AttrFunc, decode decoder) index.Extractor {
+	return func(value []byte) (labels.Set, fields.Set, error) {
 		obj := newFunc()
-		if err := decode(value, obj); err != nil {
+		keep, err := decode(value, obj)
+		if err != nil {
 			return nil, nil, err
 		}
-		return getAttrs(obj)
+		ls, fs, err := getAttrs(obj)
+		if err == nil {
+			keep()
+		}
+		return ls, fs, err
 	}
+}
+
+// resourceIndex registers extract, so indexed fields are exactly the fields
+// the resource's selectors can name.
+func resourceIndex(name string, config *storagebackend.ConfigForResource, resourcePrefix string, newFunc func() runtime.Object, getAttrs storage.AttrFunc, extract index.Extractor) index.Resource {
 	var names []string
 	if getAttrs == nil {
 		return index.Resource{Name: name}

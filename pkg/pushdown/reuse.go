@@ -2,7 +2,9 @@ package pushdown
 
 import (
 	"bytes"
+	"fmt"
 	"hash/maphash"
+	"reflect"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -59,24 +61,24 @@ func (v *decodedValues) codec(inner runtime.Codec, resource string) *reusingCode
 	return &reusingCodec{Codec: inner, values: v, resource: resource}
 }
 
-// decodeAndKeep decodes value into into, as runtime.DecodeInto does, and keeps
-// the result for the apiserver's decodes of the same bytes.
-func (c *reusingCodec) decodeAndKeep(value []byte, into runtime.Object) error {
+// decodeToKeep decodes value into into, as runtime.DecodeInto does; keep
+// offers the result for the apiserver's decodes of the same bytes, once the
+// caller no longer changes it.
+func (c *reusingCodec) decodeToKeep(value []byte, into runtime.Object) (keep func(), err error) {
 	u, ok := into.(*unstructured.Unstructured)
 	if !ok || len(value) > reuseMaxBytes {
-		return runtime.DecodeInto(c.Codec, value, into)
+		return func() {}, runtime.DecodeInto(c.Codec, value, into)
 	}
 	kind := u.GroupVersionKind()
 	out, gvk, err := c.Codec.Decode(value, nil, into)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if out != into {
-		return runtime.DecodeInto(c.Codec, value, into)
+		return nil, fmt.Errorf("unable to decode %s into %v", kind, reflect.TypeOf(into))
 	}
-	// The extractor only reads the object after this, so it can be kept as is.
-	c.values.cache.Add(c.key(value), decodedValue{value: bytes.Clone(value), kind: kind, obj: u, gvk: *gvk})
-	return nil
+	decoded := decodedValue{value: bytes.Clone(value), kind: kind, obj: u, gvk: *gvk}
+	return func() { c.values.cache.Add(c.key(value), decoded) }, nil
 }
 
 func (c *reusingCodec) key(value []byte) decodedKey {

@@ -41,9 +41,15 @@ func TestReusedDecodesAreIndependentCopies(t *testing.T) {
 	c := newDecodedValues().codec(inner, "widgets.example.com")
 	value := widgetValue("one", 1)
 	kept := newWidget()
-	if err := c.decodeAndKeep(value, kept); err != nil {
+	keep, err := c.decodeToKeep(value, kept)
+	if err != nil {
 		t.Fatal(err)
 	}
+	// Nothing is offered while the extractor still reads the object.
+	if _, _, err := c.Decode(value, nil, nil); err != nil || inner.decodes != 2 {
+		t.Fatalf("decoded before the extractor was done: err %v, real decodes %d, want 2", err, inner.decodes)
+	}
+	keep()
 	fresh, _, err := unstructured.UnstructuredJSONScheme.Decode(value, nil, newWidget())
 	if err != nil {
 		t.Fatal(err)
@@ -67,8 +73,8 @@ func TestReusedDecodesAreIndependentCopies(t *testing.T) {
 	if !equality.Semantic.DeepEqual(again, fresh) || !equality.Semantic.DeepEqual(kept, fresh) {
 		t.Fatalf("a caller's change reached the kept object: %v", again)
 	}
-	if inner.decodes != 1 {
-		t.Fatalf("real decodes = %d, want only the extraction's", inner.decodes)
+	if inner.decodes != 2 {
+		t.Fatalf("real decodes = %d, want 2: the extraction's and the one before keep", inner.decodes)
 	}
 }
 
@@ -77,15 +83,19 @@ func TestDecodesThatAreNotReused(t *testing.T) {
 	inner := &countingCodec{Codec: unstructured.UnstructuredJSONScheme}
 	c := values.codec(inner, "widgets.example.com")
 	value := widgetValue("one", 1)
-	if err := c.decodeAndKeep(value, newWidget()); err != nil {
+	keep, err := c.decodeToKeep(value, newWidget())
+	if err != nil {
 		t.Fatal(err)
 	}
+	keep()
 	otherVersion := newWidget()
 	otherVersion.SetGroupVersionKind(schema.GroupVersionKind{Group: "example.com", Version: "v2", Kind: "Widget"})
 	large := widgetValue(strings.Repeat("x", reuseMaxBytes), 2)
-	if err := c.decodeAndKeep(large, newWidget()); err != nil {
+	keep, err = c.decodeToKeep(large, newWidget())
+	if err != nil {
 		t.Fatal(err)
 	}
+	keep()
 	otherCodec := values.codec(unstructured.UnstructuredJSONScheme, "widgets.example.com")
 	cases := []struct {
 		name     string
