@@ -53,6 +53,10 @@ type Options struct {
 	CacheCustomResources bool
 	// Registry receives each resource's extractor.
 	Registry *index.Registry
+	// ReuseDecodes lets a custom resource's decodes right after a write
+	// reuse what its extractor decoded: for a datastore in this process,
+	// which runs the registered extractors on every write.
+	ReuseDecodes bool
 	// Route, when set, replaces Registry for processes with several
 	// datastores: it is told where each resource's storage is configured
 	// (its etcd servers and key prefix) and returns the registry of the
@@ -67,7 +71,10 @@ type CRDGetter = func(ctx context.Context, name string) (*apiextensionsv1.Custom
 // getters; customResources marks the getter of custom resources, and crds
 // reads their definitions.
 func Wrapper(opts Options) func(inner generic.RESTOptionsGetter, customResources bool, crds CRDGetter) generic.RESTOptionsGetter {
-	decoded := newDecodedValues()
+	var decoded *decodedValues
+	if opts.ReuseDecodes {
+		decoded = newDecodedValues()
+	}
 	return func(inner generic.RESTOptionsGetter, customResources bool, crds CRDGetter) generic.RESTOptionsGetter {
 		return &getter{inner: inner, opts: opts, customResources: customResources, crds: crds, decoded: decoded}
 	}

@@ -180,7 +180,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer stopAPI()
 	var wrap apiserver.StorageWrapper
 	if !cfg.UnindexedDatastore {
-		wrap = pushdown.Wrapper(pushdown.Options{Pushdown: cfg.SelectorPushdown, CacheCustomResources: cfg.CacheCustomResources, Route: stores.route})
+		wrap = pushdown.Wrapper(pushdown.Options{Pushdown: cfg.SelectorPushdown, CacheCustomResources: cfg.CacheCustomResources, Route: stores.route, ReuseDecodes: true})
 	} else {
 		wrap = pushdown.Wrapper(pushdown.Options{CacheCustomResources: cfg.CacheCustomResources})
 	}
