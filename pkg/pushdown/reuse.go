@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"reflect"
+	"sync/atomic"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -55,6 +56,10 @@ type reusingCodec struct {
 	runtime.Codec
 	values   *decodedValues
 	resource string
+	// kept turns lookups on once this codec has kept a value: a storage of
+	// a version other than the storage version never does, and its decodes
+	// skip the hash and the cache's lock.
+	kept atomic.Bool
 }
 
 func (v *decodedValues) codec(inner runtime.Codec, resource string) *reusingCodec {
@@ -78,7 +83,10 @@ func (c *reusingCodec) decodeToKeep(value []byte, into runtime.Object) (keep fun
 		return nil, fmt.Errorf("unable to decode %s into %v", kind, reflect.TypeOf(into))
 	}
 	decoded := decodedValue{value: bytes.Clone(value), kind: kind, obj: u, gvk: *gvk}
-	return func() { c.values.cache.Add(c.key(value), decoded) }, nil
+	return func() {
+		c.values.cache.Add(c.key(value), decoded)
+		c.kept.Store(true)
+	}, nil
 }
 
 func (c *reusingCodec) key(value []byte) decodedKey {
@@ -90,7 +98,7 @@ func (c *reusingCodec) key(value []byte) decodedKey {
 // (the watch's decode, which converts to the codec's decode version, the
 // version of the target the extraction used) or a target of that same kind.
 func (c *reusingCodec) Decode(data []byte, defaults *schema.GroupVersionKind, into runtime.Object) (runtime.Object, *schema.GroupVersionKind, error) {
-	if defaults != nil || len(data) > reuseMaxBytes {
+	if defaults != nil || len(data) > reuseMaxBytes || !c.kept.Load() {
 		return c.Codec.Decode(data, defaults, into)
 	}
 	kept, ok := c.values.cache.Get(c.key(data))

@@ -124,4 +124,8 @@ func TestDecodesThatAreNotReused(t *testing.T) {
 	if _, _, err := otherCodec.Decode(value, nil, nil); err != nil || countOther.decodes != 1 {
 		t.Fatalf("another codec's decode: err %v, real decodes %d, want 1", err, countOther.decodes)
 	}
+	// Having kept nothing, it does not look values up at all.
+	if otherCodec.kept.Load() || !c.kept.Load() {
+		t.Errorf("lookups on: %v for a codec that kept nothing, %v for one that kept values; want false, true", otherCodec.kept.Load(), c.kept.Load())
+	}
 }
