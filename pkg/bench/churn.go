@@ -35,25 +35,25 @@ func measureChurn(ctx context.Context, c dynamic.Interface, cpu func() (float64,
 	}); err != nil {
 		return updates, deletes, fmt.Errorf("create churn widgets: %w", err)
 	}
-	timed := func(what string, isDelete bool, do func(k int) error) (t Throughput, err error) {
+	timed := func(what string, alreadyDone func(error) bool, do func(k int) error) (t Throughput, err error) {
 		retries.Store(0)
 		err = withCPU(cpu, &t, func() error {
 			elapsed, err := inParallel(ctx, con, what, 0, count, workers, func(k int) error {
-				return withRetry(ctx, &retries, isDelete, func() error { return do(k) })
+				return withRetry(ctx, &retries, alreadyDone, func() error { return do(k) })
 			})
 			t = Throughput{Objects: count, Workers: workers, Seconds: elapsed.Seconds(), PerSecond: float64(count) / elapsed.Seconds(), Retries: retries.Load()}
 			return err
 		})
 		return t, err
 	}
-	if updates, err = timed("updating", false, func(k int) error {
+	if updates, err = timed("updating", nil, func(k int) error {
 		patch := fmt.Appendf(nil, `{"spec":{"payload":%q}}`, payload(-2000-k))
 		_, err := rc.Patch(ctx, churnWidget(k).GetName(), types.MergePatchType, patch, metav1.PatchOptions{})
 		return err
 	}); err != nil {
 		return updates, deletes, fmt.Errorf("update: %w", err)
 	}
-	if deletes, err = timed("deleting", true, func(k int) error {
+	if deletes, err = timed("deleting", apierrors.IsNotFound, func(k int) error {
 		return rc.Delete(ctx, churnWidget(k).GetName(), metav1.DeleteOptions{})
 	}); err != nil {
 		return updates, deletes, fmt.Errorf("delete: %w", err)
@@ -63,16 +63,17 @@ func measureChurn(ctx context.Context, c dynamic.Interface, cpu func() (float64,
 	return updates, deletes, nil
 }
 
-// withRetry repeats a request that failed transiently; for a delete, not
-// found after a repeated attempt means the earlier attempt deleted it.
-func withRetry(ctx context.Context, retries *atomic.Int64, isDelete bool, do func() error) error {
+// withRetry repeats a request that failed transiently. alreadyDone, when
+// set, tells an error of a repeated attempt that means an earlier attempt
+// took effect (not found for a delete, already exists for a create).
+func withRetry(ctx context.Context, retries *atomic.Int64, alreadyDone func(error) bool, do func() error) error {
 	const attempts = 5
 	for attempt := 0; ; attempt++ {
 		err := do()
 		switch {
 		case err == nil:
 			return nil
-		case isDelete && attempt > 0 && apierrors.IsNotFound(err):
+		case alreadyDone != nil && attempt > 0 && alreadyDone(err):
 			return nil
 		case attempt+1 == attempts || ctx.Err() != nil || !transient(err):
 			return err
@@ -80,4 +81,19 @@ func withRetry(ctx context.Context, retries *atomic.Int64, isDelete bool, do fun
 		retries.Add(1)
 		time.Sleep(time.Duration(attempt+1) * 200 * time.Millisecond)
 	}
+}
+
+// createWithRetry creates obj, repeating a create that failed transiently.
+func createWithRetry(ctx context.Context, rc dynamic.ResourceInterface, obj *unstructured.Unstructured, retries *atomic.Int64) error {
+	return withRetry(ctx, retries, apierrors.IsAlreadyExists, func() error {
+		_, err := rc.Create(ctx, obj, metav1.CreateOptions{})
+		return err
+	})
+}
+
+// deleteWithRetry deletes name, repeating a delete that failed transiently.
+func deleteWithRetry(ctx context.Context, rc dynamic.ResourceInterface, name string, retries *atomic.Int64) error {
+	return withRetry(ctx, retries, apierrors.IsNotFound, func() error {
+		return rc.Delete(ctx, name, metav1.DeleteOptions{})
+	})
 }

@@ -14,11 +14,12 @@ import (
 
 // ModeEnd is a mode that ended before its last size for a reason the bench
 // expects at large N: out of memory under --memory-limit, its --mode-budget
-// spent, etcd's quota full, or a server that exited. The bench reports it
+// spent, etcd's quota full, a request the apiserver timed out, or a server
+// that exited. The bench reports it
 // with the figures so far and goes on with the next mode.
 type ModeEnd struct {
 	Mode string `json:"mode"`
-	// Cause is "memory", "time", "etcd-quota" or "exited".
+	// Cause is "memory", "time", "etcd-quota", "request-timeout" or "exited".
 	Cause  string `json:"cause"`
 	Reason string `json:"reason"`
 	// Seconds is how long the mode ran.
@@ -204,6 +205,18 @@ func (e *modeEnder) classify(ctx context.Context, err error, srv *server, etcd *
 	}
 	if errors.Is(context.Cause(ctx), errModeBudget) {
 		return "time", fmt.Sprintf("time budget of %s spent (--mode-budget)", e.budget)
+	}
+	// What a watch-cache apiserver answers a LIST at a size it can no longer
+	// serve in time; creates retry these, so one reaching here is final.
+	if apierrors.IsTimeout(err) || apierrors.IsServerTimeout(err) {
+		return "request-timeout", fmt.Sprintf("the apiserver timed out a request (its --request-timeout, 60s unless set): %s", firstLine(err))
+	}
+	// A request that times out after its handler began to answer has its
+	// stream reset instead; the apiserver counts both as terminated (504).
+	if srv != nil && isConnectionError(err) && !errors.Is(err, context.DeadlineExceeded) {
+		if n, merr := srv.timedOutRequests(ctx); merr == nil && n > 0 {
+			return "request-timeout", fmt.Sprintf("the apiserver timed out %d requests (its --request-timeout, 60s unless set; apiserver_request_terminations_total, code 504), and reset this one: %s", n, firstLine(err))
+		}
 	}
 	return "", ""
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -176,10 +177,11 @@ func runMixed(ctx context.Context, opts MixedOptions, con *console, srv *server,
 	}
 	rc := srv.client.Resource(gadgets)
 	probe := gadget("probe", 0)
-	if _, err := rc.Create(ctx, probe, metav1.CreateOptions{}); err != nil {
+	var retries atomic.Int64
+	if err := createWithRetry(ctx, rc, probe, &retries); err != nil {
 		return res, fmt.Errorf("create a first gadget: %w", err)
 	}
-	if err := rc.Delete(ctx, probe.GetName(), metav1.DeleteOptions{}); err != nil {
+	if err := deleteWithRetry(ctx, rc, probe.GetName(), &retries); err != nil {
 		return res, fmt.Errorf("delete the first gadget: %w", err)
 	}
 

@@ -47,11 +47,12 @@ func createCRD(ctx context.Context, c dynamic.Interface, annotations map[string]
 	}
 	probe := watchWidget(-1)
 	probe.SetName("probe")
+	var retries atomic.Int64
 	for k := 0; k < 2; k++ {
-		if _, err := rc.Create(ctx, probe, metav1.CreateOptions{}); err != nil {
+		if err := createWithRetry(ctx, rc, probe, &retries); err != nil {
 			return fmt.Errorf("create a first widget: %w", err)
 		}
-		if err := rc.Delete(ctx, probe.GetName(), metav1.DeleteOptions{}); err != nil {
+		if err := deleteWithRetry(ctx, rc, probe.GetName(), &retries); err != nil {
 			return fmt.Errorf("delete the first widget: %w", err)
 		}
 	}
@@ -167,25 +168,6 @@ func inParallel(ctx context.Context, con *console, what string, from, n, workers
 	stopProgress()
 	close(errs)
 	return elapsed, <-errs
-}
-
-// createWithRetry repeats a create that failed transiently; an object that
-// exists after a repeated create was created by the earlier attempt.
-func createWithRetry(ctx context.Context, rc dynamic.ResourceInterface, obj *unstructured.Unstructured, retries *atomic.Int64) error {
-	const attempts = 5
-	for attempt := 0; ; attempt++ {
-		_, err := rc.Create(ctx, obj, metav1.CreateOptions{})
-		switch {
-		case err == nil:
-			return nil
-		case attempt > 0 && apierrors.IsAlreadyExists(err):
-			return nil
-		case attempt+1 == attempts || ctx.Err() != nil || !transient(err):
-			return err
-		}
-		retries.Add(1)
-		time.Sleep(time.Duration(attempt+1) * 200 * time.Millisecond)
-	}
 }
 
 func transient(err error) bool {

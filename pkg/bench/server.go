@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -117,4 +119,38 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 	rc.QPS, rc.Burst = 5000, 10000
 	rc.Timeout = 10 * time.Minute
 	return rc, nil
+}
+
+// timedOutRequests is how many requests the apiserver has timed out since it
+// started (the timeout filter's apiserver_request_terminations_total with
+// code 504).
+func (s *server) timedOutRequests(ctx context.Context) (int, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.host+"/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	res, err := s.http.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("/metrics: %s", res.Status)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(res.Body)
+	if err != nil {
+		return 0, fmt.Errorf("/metrics: %w", err)
+	}
+	total := 0.0
+	for _, m := range families["apiserver_request_terminations_total"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "code" && l.GetValue() == "504" {
+				total += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return int(total), nil
 }

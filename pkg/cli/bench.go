@@ -18,6 +18,7 @@ func newBenchCommand() *cobra.Command {
 		quick                bool
 		sizes, modes, binary string
 		memoryLimit          string
+		serverArgs           []string
 		opts                 = bench.Options{Workers: 16, WatchSamples: 20}
 	)
 	c := &cobra.Command{
@@ -58,6 +59,15 @@ where PostgreSQL is not installed).`,
 			}
 			for _, why := range skipped {
 				fmt.Fprintf(c.ErrOrStderr(), "skipping mode %s\n", why)
+			}
+			for _, a := range serverArgs {
+				if !strings.HasPrefix(a, "--") {
+					return fmt.Errorf("--server-arg: %q is not a flag of harikube server; write it as --name=value, e.g. --kube-apiserver-arg=request-timeout=2m", a)
+				}
+			}
+			for i, m := range opts.Modes {
+				// A new slice: the modes share their ServerArgs with bench.Modes.
+				opts.Modes[i].ServerArgs = append(append([]string(nil), m.ServerArgs...), serverArgs...)
 			}
 			if quick && !c.Flags().Changed("mixed-duration") {
 				opts.Mixed.Duration = 10 * time.Second
@@ -100,6 +110,7 @@ where PostgreSQL is not installed).`,
 	f.StringVar(&memoryLimit, "memory-limit", "", "cap the memory of the bench and its servers (a cgroup v1 memory cgroup, e.g. 10Gi); a mode killed at the cap ends reported and the next mode runs")
 	f.DurationVar(&opts.ModeBudget, "mode-budget", 0, "bound each mode's time (e.g. 30m); a mode that spends it ends reported with the figures so far (0: no bound)")
 	f.IntVar(&opts.MaxListObjects, "max-list-objects", 0, "skip the LIST workloads that would return more objects than this, e.g. 10000 at N = 1,000,000 (0: skip none)")
+	f.StringArrayVar(&serverArgs, "server-arg", nil, "extra flag for every mode's harikube server, as --name=value (repeatable), e.g. --kube-apiserver-arg=request-timeout=2m")
 	f.StringVar(&binary, "binary", "", "harikube binary to run the servers with (default: this one)")
 	_ = f.MarkHidden("binary")
 	c.AddCommand(newBenchEtcdCommand())

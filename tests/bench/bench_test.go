@@ -126,8 +126,8 @@ func TestBenchAllModes(t *testing.T) {
 	}
 }
 
-// TestBenchRejectsBadFlags: unknown modes and sizes are refused before any
-// server starts.
+// TestBenchRejectsBadFlags: unknown modes, bad sizes, memory limits and
+// server flags are refused before any server starts.
 func TestBenchRejectsBadFlags(t *testing.T) {
 	bin := testserver.Binary(t)
 	for _, args := range [][]string{
@@ -135,6 +135,7 @@ func TestBenchRejectsBadFlags(t *testing.T) {
 		{"--sizes", "1000,x"},
 		{"--sizes", "5"},
 		{"--memory-limit", "lots"},
+		{"--server-arg", "kube-apiserver-arg=request-timeout=1m"},
 	} {
 		out, err := exec.Command(bin, append([]string{"bench", "--json", ""}, args...)...).CombinedOutput()
 		if err == nil {

@@ -156,3 +156,49 @@ func TestBenchModeOutOfTimeIsReported(t *testing.T) {
 		t.Errorf("reached: peak RSS %d, database %d bytes; want both positive", e.Reached.ServerPeakRSSBytes, e.Reached.DatabaseBytes)
 	}
 }
+
+// TestBenchRequestTimeoutIsReported: a LIST the apiserver cannot answer
+// within its --request-timeout (here kine-stock's unindexed LIST, which
+// reads all 20,000 objects, against a 200 ms timeout) ends the mode
+// reported with what it had measured, as etcd's first LIST at 1,000,000
+// did; the next mode runs.
+func TestBenchRequestTimeoutIsReported(t *testing.T) {
+	rep, output := runBench(t, 8*time.Minute, "--sizes", "20000", "--modes", "kine-stock,harikube",
+		"--server-arg=--kube-apiserver-arg=request-timeout=200ms", "--max-list-objects", "2000",
+		"--repeat", "2", "--budget", "1s", "--watch-samples", "2")
+	var ended *bench.ModeEnd
+	for i, e := range rep.Ended {
+		if e.Mode == "kine-stock" {
+			ended = &rep.Ended[i]
+		}
+	}
+	if ended == nil {
+		t.Fatalf("kine-stock did not end early: ended %+v, results %+v", rep.Ended, rep.Results)
+	}
+	if ended.Cause != "request-timeout" || !strings.Contains(ended.Reason, "--request-timeout") {
+		t.Errorf("kine-stock ended with %q (%s), want request-timeout", ended.Cause, ended.Reason)
+	}
+	// Creates repeat a timed-out request, so the seeding completed and its
+	// figures are reported with the end.
+	if r := ended.Reached; r.N != 20000 || r.Create.Objects != 20000 || r.Create.PerSecond <= 0 || r.ServerPeakRSSBytes <= 0 {
+		t.Errorf("reached N = %d with %+v, peak RSS %d; want the 20,000 creates measured", r.N, r.Create, r.ServerPeakRSSBytes)
+	}
+	if !strings.Contains(output, "[kine-stock] ended: the apiserver timed out") {
+		t.Error("output does not say how kine-stock ended")
+	}
+	ran := false
+	for _, r := range rep.Results {
+		ran = ran || r.Mode == "harikube"
+	}
+	for _, e := range rep.Ended {
+		ran = ran || e.Mode == "harikube"
+	}
+	if !ran {
+		t.Error("harikube did not run after kine-stock's end")
+	}
+	for _, m := range rep.Modes {
+		if n := len(m.ServerArgs); n == 0 || m.ServerArgs[n-1] != "--kube-apiserver-arg=request-timeout=200ms" {
+			t.Errorf("mode %s ran with %v, want --server-arg's flag last", m.Name, m.ServerArgs)
+		}
+	}
+}
