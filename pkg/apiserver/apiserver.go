@@ -87,7 +87,9 @@ func New(ctx context.Context, args []string, wrap StorageWrapper, paths map[stri
 		return nil, fmt.Errorf("kube-apiserver: %w", err)
 	}
 	for _, opt := range opts {
-		opt(cfg)
+		if err := opt(cfg); err != nil {
+			return nil, fmt.Errorf("kube-apiserver: %w", err)
+		}
 	}
 	if wrap != nil {
 		crds := crdGetter(cfg.ApiExtensions.GenericConfig.LoopbackClientConfig)
@@ -120,16 +122,49 @@ func New(ctx context.Context, args []string, wrap StorageWrapper, paths map[stri
 }
 
 // Option changes the server New builds.
-type Option func(*app.Config)
+type Option func(*app.Config) error
 
 // WithHandler puts wrap around the API's handler inside the filter chain,
 // so that it sees every request with its authenticated user.
 func WithHandler(wrap func(http.Handler) http.Handler) Option {
-	return func(cfg *app.Config) {
+	return func(cfg *app.Config) error {
 		build := cfg.Aggregator.GenericConfig.BuildHandlerChainFunc
 		cfg.Aggregator.GenericConfig.BuildHandlerChainFunc = func(api http.Handler, c *genericapiserver.Config) http.Handler {
 			return build(wrap(api), c)
 		}
+		return nil
+	}
+}
+
+// WithLoopback builds options from the server's loopback client
+// configuration: its own privileged client, for parts that follow the API
+// from inside the server.
+func WithLoopback(build func(loopback *rest.Config) ([]Option, error)) Option {
+	return func(cfg *app.Config) error {
+		loopback := cfg.Aggregator.GenericConfig.LoopbackClientConfig
+		if loopback == nil {
+			return fmt.Errorf("no loopback client configuration")
+		}
+		opts, err := build(loopback)
+		if err != nil {
+			return err
+		}
+		for _, opt := range opts {
+			if err := opt(cfg); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// WithPostStartHook runs hook once the server serves; ctx ends when the
+// server stops, and /readyz fails until hook has returned.
+func WithPostStartHook(name string, hook func(ctx context.Context, loopback *rest.Config) error) Option {
+	return func(cfg *app.Config) error {
+		return cfg.Aggregator.GenericConfig.AddPostStartHook(name, func(hc genericapiserver.PostStartHookContext) error {
+			return hook(hc.Context, hc.LoopbackClientConfig)
+		})
 	}
 }
 

@@ -25,6 +25,8 @@ import (
 	"github.com/spf13/pflag"
 	"github.com/urfave/cli/v2"
 	utilfeature "k8s.io/apiserver/pkg/util/feature"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/component-base/version/verflag"
 	cmfeatures "k8s.io/controller-manager/pkg/features"
 	kcmapp "k8s.io/kubernetes/cmd/kube-controller-manager/app"
@@ -184,7 +186,7 @@ func runAPIServer(args []string) error {
 	}
 	wrap := pushdown.Wrapper(pushdown.Options{Pushdown: pushdownOn, CacheCustomResources: cacheCRs, Registry: index.NewRegistry()})
 	return runUntilSignal(roleAPIServer, func(ctx context.Context) error {
-		srv, err := apiserver.New(ctx, args, wrap, nil)
+		srv, err := apiserver.New(ctx, args, wrap, nil, apiserver.WithLoopback(skipGCAndQuota))
 		if err != nil {
 			return err
 		}
@@ -192,6 +194,39 @@ func runAPIServer(args []string) error {
 		logging.Reapply()
 		return srv.Run(ctx)
 	})
+}
+
+// skipGCAndQuotaSyncWait bounds how long the apiserver's readiness waits for
+// the first list of CRDs, which tells the discovery filter which resources
+// opted out; until then the two controllers' discovery fails and is retried.
+const skipGCAndQuotaSyncWait = 30 * time.Second
+
+// skipGCAndQuota honours harikube.io/skip-gc-and-quota in the kube-apiserver
+// role as `harikube server` does: the discovery filter, and the deletion
+// guard, following the CRDs with the apiserver's own loopback client.
+func skipGCAndQuota(loopback *rest.Config) ([]apiserver.Option, error) {
+	skip, err := controllermanager.NewSkipGCAndQuota(loopback)
+	if err != nil {
+		return nil, err
+	}
+	start := func(ctx context.Context, loopback *rest.Config) error {
+		client, err := kubernetes.NewForConfig(loopback)
+		if err != nil {
+			return fmt.Errorf("client for the %s deletion guard: %w", controllermanager.SkipGCAndQuotaAnnotation, err)
+		}
+		go skip.Run(ctx)
+		syncCtx, cancel := context.WithTimeout(ctx, skipGCAndQuotaSyncWait)
+		defer cancel()
+		if !skip.WaitForSync(syncCtx) && ctx.Err() == nil {
+			logrus.Warnf("CustomResourceDefinitions not listed after %s: the garbage collector and quota controller wait for them to know which resources skip them (%s)", skipGCAndQuotaSyncWait, controllermanager.SkipGCAndQuotaAnnotation)
+		}
+		go skip.RunDeletionGuard(ctx, client)
+		return nil
+	}
+	return []apiserver.Option{
+		apiserver.WithHandler(skip.Wrap),
+		apiserver.WithPostStartHook("harikube-skip-gc-and-quota", start),
+	}, nil
 }
 
 // runControllerManager is the kube-controller-manager role.

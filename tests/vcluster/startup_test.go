@@ -78,18 +78,21 @@ func TestVCluster030(t *testing.T) {
 // is /binaries/kine from the distro image, started first and checked with an
 // etcd MemberList on its socket; then the apiserver, then the controller
 // manager. Kine's metrics (127.0.0.1:2381 since 0.35) move to a free port.
+// It also checks that the CRD annotation harikube.io/skip-gc-and-quota works
+// across the separate processes.
 func TestVCluster036(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
 	metricsAddr := "127.0.0.1:" + strconv.Itoa(testserver.FreePort(t))
 	c.kineMetrics = "http://" + metricsAddr + "/metrics"
-	c.replayPerComponent(t, mergeArgs(v036KineArgs(c.binaries, c.data), []string{"--metrics-bind-address=" + metricsAddr}), signingAfterLeaderElect)
+	c.replayPerComponent(t, mergeArgs(v036KineArgs(c.binaries, c.data), []string{"--metrics-bind-address=" + metricsAddr}), signingAfterLeaderElect,
+		checkSkipGCAndQuota)
 }
 
 // replayPerComponent starts kine, the apiserver and the controller manager
 // one after the other as the syncer does, checks the syncer's contract and
-// stops them in reverse order.
-func (c *cluster) replayPerComponent(t *testing.T, kineArgs []string, order controllerManagerOrder) {
+// then the further checks, and stops them in reverse order.
+func (c *cluster) replayPerComponent(t *testing.T, kineArgs []string, order controllerManagerOrder, checks ...func(*testing.T, *cluster)) {
 	t.Helper()
 	kine := c.start(t, "kine", kineArgs)
 	waitForEtcd(t, kineSocket(c.data), kine)
@@ -100,6 +103,9 @@ func (c *cluster) replayPerComponent(t *testing.T, kineArgs []string, order cont
 	waitForClientConfig(t, c.adminConf, c.procs...)
 
 	checkSyncerContract(t, c)
+	for _, check := range checks {
+		check(t, c)
+	}
 
 	cm.stop(t)
 	api.stop(t)
