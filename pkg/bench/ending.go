@@ -15,8 +15,8 @@ import (
 // ModeEnd is a mode that ended before its last size for a reason the bench
 // expects at large N: out of memory under --memory-limit, its --mode-budget
 // spent, etcd's quota full, a request the apiserver timed out, or a server
-// that exited. The bench reports it
-// with the figures so far and goes on with the next mode.
+// that exited. The bench reports it with the figures so far and goes on
+// with the next mode.
 type ModeEnd struct {
 	Mode string `json:"mode"`
 	// Cause is "memory", "time", "etcd-quota", "request-timeout" or "exited".
