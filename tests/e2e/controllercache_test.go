@@ -256,20 +256,9 @@ func TestSkipGCAndQuota(t *testing.T) {
 func createCacheCRD(t *testing.T, ext apiextensionsclient.Interface, dyn dynamic.Interface, gvr schema.GroupVersionResource, kind string, annotations map[string]string) {
 	t.Helper()
 	preserve := true
-	_, err := ext.ApiextensionsV1().CustomResourceDefinitions().Create(context.Background(), &apiextensionsv1.CustomResourceDefinition{
-		ObjectMeta: metav1.ObjectMeta{Name: gvr.Resource + "." + gvr.Group, Annotations: annotations},
-		Spec: apiextensionsv1.CustomResourceDefinitionSpec{
-			Group: gvr.Group,
-			Names: apiextensionsv1.CustomResourceDefinitionNames{Plural: gvr.Resource, Kind: kind, ListKind: kind + "List"},
-			Scope: apiextensionsv1.NamespaceScoped,
-			Versions: []apiextensionsv1.CustomResourceDefinitionVersion{{
-				Name: gvr.Version, Served: true, Storage: true,
-				Schema: &apiextensionsv1.CustomResourceValidation{OpenAPIV3Schema: &apiextensionsv1.JSONSchemaProps{
-					Type: "object", XPreserveUnknownFields: &preserve,
-				}},
-			}},
-		},
-	}, metav1.CreateOptions{})
+	crd := testserver.NamespacedCRD(gvr, kind, &apiextensionsv1.JSONSchemaProps{Type: "object", XPreserveUnknownFields: &preserve})
+	crd.Annotations = annotations
+	_, err := ext.ApiextensionsV1().CustomResourceDefinitions().Create(context.Background(), crd, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

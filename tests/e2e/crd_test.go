@@ -10,6 +10,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
+
+	"github.com/harikube/harikube/tests/testserver"
 )
 
 // installColorCRD installs a namespaced CRD for gvr (kind as given) whose spec
@@ -17,22 +19,11 @@ import (
 // waits until it is served.
 func installColorCRD(t *testing.T, cfg *rest.Config, gvr schema.GroupVersionResource, kind string, specProps map[string]apiextensionsv1.JSONSchemaProps) dynamic.NamespaceableResourceInterface {
 	t.Helper()
-	crd := &apiextensionsv1.CustomResourceDefinition{
-		ObjectMeta: metav1.ObjectMeta{Name: gvr.Resource + "." + gvr.Group},
-		Spec: apiextensionsv1.CustomResourceDefinitionSpec{
-			Group: gvr.Group,
-			Names: apiextensionsv1.CustomResourceDefinitionNames{Plural: gvr.Resource, Kind: kind, ListKind: kind + "List"},
-			Scope: apiextensionsv1.NamespaceScoped,
-			Versions: []apiextensionsv1.CustomResourceDefinitionVersion{{
-				Name: gvr.Version, Served: true, Storage: true,
-				SelectableFields: []apiextensionsv1.SelectableField{{JSONPath: ".spec.color"}},
-				Schema: &apiextensionsv1.CustomResourceValidation{OpenAPIV3Schema: &apiextensionsv1.JSONSchemaProps{
-					Type:       "object",
-					Properties: map[string]apiextensionsv1.JSONSchemaProps{"spec": {Type: "object", Properties: specProps}},
-				}},
-			}},
-		},
-	}
+	crd := testserver.NamespacedCRD(gvr, kind, &apiextensionsv1.JSONSchemaProps{
+		Type:       "object",
+		Properties: map[string]apiextensionsv1.JSONSchemaProps{"spec": {Type: "object", Properties: specProps}},
+	})
+	crd.Spec.Versions[0].SelectableFields = []apiextensionsv1.SelectableField{{JSONPath: ".spec.color"}}
 	ext := apiextensionsclient.NewForConfigOrDie(cfg)
 	if _, err := ext.ApiextensionsV1().CustomResourceDefinitions().Create(context.Background(), crd, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create CRD %s: %v", crd.Name, err)

@@ -443,20 +443,9 @@ func (s *Server) Metric(t testing.TB, name string, lbls ...string) float64 {
 	if err != nil {
 		t.Fatalf("read metrics: %v", err)
 	}
-	var total float64
-	for _, line := range strings.Split(string(body), "\n") {
-		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-			continue
-		}
-		ok := true
-		for _, l := range lbls {
-			ok = ok && strings.Contains(line, l)
-		}
-		if ok {
-			var v float64
-			fmt.Sscanf(line[strings.LastIndex(line, " ")+1:], "%g", &v)
-			total += v
-		}
+	total, err := SumMetric(body, name, lbls...)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return total
 }

@@ -2,7 +2,6 @@ package vcluster
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/harikube/harikube/pkg/controllermanager"
+	"github.com/harikube/harikube/tests/testserver"
 )
 
 // checkSkipGCAndQuota: the kube-apiserver role honours the CRD annotation
@@ -44,17 +44,7 @@ func checkSkipGCAndQuota(t *testing.T, c *cluster) {
 		if err != nil {
 			return 0, err
 		}
-		total := 0.0
-		for _, line := range strings.Split(string(body), "\n") {
-			if strings.HasPrefix(line, "apiserver_longrunning_requests{") && strings.Contains(line, `resource="`+resource+`"`) && strings.Contains(line, `verb="WATCH"`) {
-				var v float64
-				if _, err := fmt.Sscanf(line[strings.LastIndex(line, " ")+1:], "%g", &v); err != nil {
-					return 0, fmt.Errorf("metric line %q: %w", line, err)
-				}
-				total += v
-			}
-		}
-		return total, nil
+		return testserver.SumMetric(body, "apiserver_longrunning_requests", `resource="`+resource+`"`, `verb="WATCH"`)
 	}
 	// Two discovery periods of the controllers (30 s each), on a busy machine.
 	poll(t, "the controller manager to watch things", time.Second, 150*time.Second, func() (bool, error) {
@@ -88,20 +78,9 @@ func checkSkipGCAndQuota(t *testing.T, c *cluster) {
 func createRoleCRD(t *testing.T, ext apiextensionsclient.Interface, dyn dynamic.Interface, gvr schema.GroupVersionResource, kind string, annotations map[string]string, procs ...*process) {
 	t.Helper()
 	preserve := true
-	_, err := ext.ApiextensionsV1().CustomResourceDefinitions().Create(context.Background(), &apiextensionsv1.CustomResourceDefinition{
-		ObjectMeta: metav1.ObjectMeta{Name: gvr.Resource + "." + gvr.Group, Annotations: annotations},
-		Spec: apiextensionsv1.CustomResourceDefinitionSpec{
-			Group: gvr.Group,
-			Names: apiextensionsv1.CustomResourceDefinitionNames{Plural: gvr.Resource, Kind: kind, ListKind: kind + "List"},
-			Scope: apiextensionsv1.NamespaceScoped,
-			Versions: []apiextensionsv1.CustomResourceDefinitionVersion{{
-				Name: gvr.Version, Served: true, Storage: true,
-				Schema: &apiextensionsv1.CustomResourceValidation{OpenAPIV3Schema: &apiextensionsv1.JSONSchemaProps{
-					Type: "object", XPreserveUnknownFields: &preserve,
-				}},
-			}},
-		},
-	}, metav1.CreateOptions{})
+	crd := testserver.NamespacedCRD(gvr, kind, &apiextensionsv1.JSONSchemaProps{Type: "object", XPreserveUnknownFields: &preserve})
+	crd.Annotations = annotations
+	_, err := ext.ApiextensionsV1().CustomResourceDefinitions().Create(context.Background(), crd, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
