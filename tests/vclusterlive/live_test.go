@@ -559,7 +559,7 @@ func checkPushdown(t *testing.T, v virtualCluster, scrape func(t *testing.T) str
 		}
 		return true, nil
 	})
-	before := metric(scrape(t), "harikube_datastore_selection_requests_total", series...)
+	before := metric(t, scrape(t), "harikube_datastore_selection_requests_total", series...)
 	list, err := widgets.List(ctx, metav1.ListOptions{LabelSelector: "color=red"})
 	if err != nil {
 		t.Fatal(err)
@@ -567,7 +567,7 @@ func checkPushdown(t *testing.T, v virtualCluster, scrape func(t *testing.T) str
 	if len(list.Items) != 2 {
 		t.Errorf("LIST widgets color=red: %d items, want 2", len(list.Items))
 	}
-	after := metric(scrape(t), "harikube_datastore_selection_requests_total", series...)
+	after := metric(t, scrape(t), "harikube_datastore_selection_requests_total", series...)
 	if after <= before {
 		t.Errorf("harikube_datastore_selection_requests_total{%s}: %v before the LIST, %v after; want an increase", strings.Join(series, ","), before, after)
 	}
@@ -575,21 +575,11 @@ func checkPushdown(t *testing.T, v virtualCluster, scrape func(t *testing.T) str
 
 // metric sums the samples of a metric in a Prometheus text exposition
 // whose lines contain every one of labels.
-func metric(body, name string, labels ...string) float64 {
-	var total float64
-	for _, line := range strings.Split(body, "\n") {
-		if strings.HasPrefix(line, name+"{") || strings.HasPrefix(line, name+" ") {
-			matches := true
-			for _, l := range labels {
-				matches = matches && strings.Contains(line, l)
-			}
-			if !matches {
-				continue
-			}
-			var v float64
-			fmt.Sscanf(line[strings.LastIndex(line, " ")+1:], "%g", &v)
-			total += v
-		}
+func metric(t *testing.T, body, name string, labels ...string) float64 {
+	t.Helper()
+	total, err := testserver.SumMetric([]byte(body), name, labels...)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return total
 }
