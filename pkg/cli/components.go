@@ -37,6 +37,7 @@ import (
 	"github.com/harikube/harikube/pkg/index"
 	"github.com/harikube/harikube/pkg/logging"
 	"github.com/harikube/harikube/pkg/pushdown"
+	"github.com/harikube/harikube/pkg/sharedetcd"
 	"github.com/harikube/harikube/pkg/version"
 )
 
@@ -53,6 +54,7 @@ const (
 const (
 	envSelectorPushdown          = "HARIKUBE_SELECTOR_PUSHDOWN"
 	envWatchCacheCustomResources = "HARIKUBE_WATCH_CACHE_CUSTOM_RESOURCES"
+	envSharedEtcdClient          = "HARIKUBE_SHARED_ETCD_CLIENT"
 )
 
 // indexedSchemes are the Kine endpoint schemes datastore.Start serves with
@@ -184,7 +186,15 @@ func runAPIServer(args []string) error {
 	if err != nil {
 		return err
 	}
-	wrap := pushdown.Wrapper(pushdown.Options{Pushdown: pushdownOn, CacheCustomResources: cacheCRs, Registry: index.NewRegistry()})
+	sharedClient, err := envBool(envSharedEtcdClient, true)
+	if err != nil {
+		return err
+	}
+	storeOpts := pushdown.Options{Pushdown: pushdownOn, CacheCustomResources: cacheCRs, Registry: index.NewRegistry()}
+	if sharedClient {
+		storeOpts.NewRawStorage = sharedetcd.New().NewStorage
+	}
+	wrap := pushdown.Wrapper(storeOpts)
 	return runUntilSignal(roleAPIServer, func(ctx context.Context) error {
 		srv, err := apiserver.New(ctx, args, wrap, nil, apiserver.WithLoopback(skipGCAndQuota))
 		if err != nil {

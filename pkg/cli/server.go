@@ -46,6 +46,7 @@ func newServerCommand() *cobra.Command {
 	f.StringVar(&cfg.ClusterDomain, "cluster-domain", "cluster.local", "cluster domain")
 	f.BoolVar(&cfg.SelectorPushdown, "selector-pushdown", true, "answer label and field selectors in the datastore; false gives upstream behaviour with everything else unchanged")
 	f.BoolVar(&cfg.CacheCustomResources, "watch-cache-custom-resources", false, "keep the apiserver watch cache for custom resources (upstream default); by default they are served from the datastore with pushdown")
+	f.BoolVar(&cfg.SharedEtcdClient, "shared-etcd-client", true, "one etcd client (one gRPC connection) per datastore for all of the kube-apiserver's resources; false opens one per resource storage, as upstream does")
 	f.StringArrayVar(&apiArgs, "kube-apiserver-arg", nil, "extra flag for kube-apiserver, as name=value (repeatable)")
 	f.StringArrayVar(&cmArgs, "kube-controller-manager-arg", nil, "extra flag for kube-controller-manager, as name=value (repeatable)")
 	f.BoolVar(&cfg.SecretsEncryption, "secrets-encryption", false, "encrypt Secrets at rest (key kept in <data-dir>/cred); selector lists on Secrets stay correct, their values are just not indexed")

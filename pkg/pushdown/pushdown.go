@@ -62,6 +62,9 @@ type Options struct {
 	// (its etcd servers and key prefix) and returns the registry of the
 	// datastore there, or an error that fails the storage.
 	Route func(resource schema.GroupResource, servers []string, prefix string) (*index.Registry, error)
+	// NewRawStorage builds a resource's etcd3 store beneath the decorator;
+	// nil is upstream's generic.NewRawStorage.
+	NewRawStorage func(config *storagebackend.ConfigForResource, newFunc, newListFunc func() runtime.Object, resourcePrefix string) (storage.Interface, factory.DestroyFunc, error)
 }
 
 // CRDGetter reads a CustomResourceDefinition by name.
@@ -74,6 +77,9 @@ func Wrapper(opts Options) func(inner generic.RESTOptionsGetter, customResources
 	var decoded *decodedValues
 	if opts.ReuseDecodes {
 		decoded = newDecodedValues()
+	}
+	if opts.NewRawStorage == nil {
+		opts.NewRawStorage = generic.NewRawStorage
 	}
 	return func(inner generic.RESTOptionsGetter, customResources bool, crds CRDGetter) generic.RESTOptionsGetter {
 		return &getter{inner: inner, opts: opts, customResources: customResources, crds: crds, decoded: decoded}
@@ -138,7 +144,7 @@ func (g *getter) decorator(cached bool) generic.StorageDecorator {
 			withReuse.Codec = reusing
 			config, extract = &withReuse, attributesOf(newFunc, getAttrs, reusing.decodeToKeep)
 		}
-		raw, destroy, err := generic.NewRawStorage(config, newFunc, newListFunc, resourcePrefix)
+		raw, destroy, err := g.opts.NewRawStorage(config, newFunc, newListFunc, resourcePrefix)
 		if err != nil {
 			return raw, destroy, err
 		}

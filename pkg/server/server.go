@@ -28,6 +28,7 @@ import (
 	"github.com/harikube/harikube/pkg/datastore"
 	"github.com/harikube/harikube/pkg/pki"
 	"github.com/harikube/harikube/pkg/pushdown"
+	"github.com/harikube/harikube/pkg/sharedetcd"
 	"github.com/harikube/harikube/pkg/vcluster"
 )
 
@@ -45,6 +46,9 @@ type Config struct {
 	ClusterDomain        string
 	SelectorPushdown     bool
 	CacheCustomResources bool
+	// SharedEtcdClient builds every resource's store over one etcd client
+	// per datastore instead of upstream's one per store.
+	SharedEtcdClient bool
 	// UnindexedDatastore runs Kine's stock SQLite driver (benchmark baseline).
 	UnindexedDatastore bool
 	// SecretsEncryption encrypts Secrets at rest with a key kept in the
@@ -178,12 +182,14 @@ func Run(ctx context.Context, cfg Config) error {
 
 	apiCtx, stopAPI := context.WithCancel(context.Background())
 	defer stopAPI()
-	var wrap apiserver.StorageWrapper
-	if !cfg.UnindexedDatastore {
-		wrap = pushdown.Wrapper(pushdown.Options{Pushdown: cfg.SelectorPushdown, CacheCustomResources: cfg.CacheCustomResources, Route: stores.route, ReuseDecodes: true})
-	} else {
-		wrap = pushdown.Wrapper(pushdown.Options{CacheCustomResources: cfg.CacheCustomResources})
+	storeOpts := pushdown.Options{CacheCustomResources: cfg.CacheCustomResources}
+	if cfg.SharedEtcdClient {
+		storeOpts.NewRawStorage = sharedetcd.New().NewStorage
 	}
+	if !cfg.UnindexedDatastore {
+		storeOpts.Pushdown, storeOpts.Route, storeOpts.ReuseDecodes = cfg.SelectorPushdown, stores.route, true
+	}
+	wrap := pushdown.Wrapper(storeOpts)
 	own := apiServerArgs(cfg, bundle, ds.Endpoint, serviceIP)
 	if overrides := stores.etcdServersOverrides(); len(overrides) > 0 {
 		own = append(own, "--etcd-servers-overrides="+strings.Join(overrides, ","))

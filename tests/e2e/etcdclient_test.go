@@ -1,0 +1,126 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apiextensionsclient "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+
+	"github.com/harikube/harikube/tests/testserver"
+)
+
+// TestSharedEtcdClient counts the datastore's accepted connections: by
+// default every resource's store shares one etcd client, so custom resources
+// add none; with --shared-etcd-client=false each store opens its own, as
+// upstream does. Deleting a CRD destroys its store and must not close the
+// client the other stores still use.
+func TestSharedEtcdClient(t *testing.T) {
+	const crds = 8
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		shared bool
+	}{
+		{name: "shared", shared: true},
+		{name: "per-store", args: []string{"--shared-etcd-client=false"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := testserver.Start(t, tc.args...)
+			socket := filepath.Join(s.DataDir, "kine.sock")
+			before := acceptedConnections(t, socket)
+			var gvrs []schema.GroupVersionResource
+			for i := range crds {
+				gvr := schema.GroupVersionResource{Group: fmt.Sprintf("c%d.clients.example.com", i), Version: "v1", Resource: "gadgets"}
+				dyn := installColorCRD(t, s.Config, gvr, "Gadget", map[string]apiextensionsv1.JSONSchemaProps{"color": {Type: "string"}})
+				createAndSelect(t, dyn.Namespace("default"), gvr, "g")
+				gvrs = append(gvrs, gvr)
+			}
+			after := acceptedConnections(t, socket)
+			t.Logf("datastore connections: %d before %d CRDs, %d after", before, crds, after)
+			switch {
+			case tc.shared && after != before:
+				t.Fatalf("%d CRDs opened %d datastore connections, want none with the shared client", crds, after-before)
+			case !tc.shared && after-before < crds:
+				t.Fatalf("%d CRDs opened %d datastore connections, want at least one each with --shared-etcd-client=false", crds, after-before)
+			}
+
+			ext := apiextensionsclient.NewForConfigOrDie(s.Config)
+			gone := gvrs[0].Resource + "." + gvrs[0].Group
+			if err := ext.ApiextensionsV1().CustomResourceDefinitions().Delete(context.Background(), gone, metav1.DeleteOptions{}); err != nil {
+				t.Fatalf("delete CRD %s: %v", gone, err)
+			}
+			pollUntil(t, gone+" deleted", func(ctx context.Context) bool {
+				_, err := ext.ApiextensionsV1().CustomResourceDefinitions().Get(ctx, gone, metav1.GetOptions{})
+				return apierrors.IsNotFound(err)
+			})
+			for _, gvr := range gvrs[1:] {
+				createAndSelect(t, dynamic.NewForConfigOrDie(s.Config).Resource(gvr).Namespace("default"), gvr, "h")
+			}
+			cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "after-crd-delete"}}
+			if _, err := s.Client.CoreV1().ConfigMaps("default").Create(context.Background(), cm, metav1.CreateOptions{}); err != nil {
+				t.Fatalf("create a ConfigMap after a CRD's store was destroyed: %v", err)
+			}
+			if tc.shared {
+				if n := acceptedConnections(t, socket); n != before {
+					t.Fatalf("datastore connections: %d after the CRD deletion, want %d", n, before)
+				}
+			}
+		})
+	}
+}
+
+// createAndSelect creates an object and reads it back by a label selector
+// and by its selectable field.
+func createAndSelect(t *testing.T, res dynamic.ResourceInterface, gvr schema.GroupVersionResource, name string) {
+	t.Helper()
+	ctx := context.Background()
+	obj := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": gvr.GroupVersion().String(), "kind": "Gadget",
+		"metadata": map[string]any{"name": name, "labels": map[string]any{"pick": name}},
+		"spec":     map[string]any{"color": name},
+	}}
+	if _, err := res.Create(ctx, obj, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create %s: %v", name, err)
+	}
+	for _, opts := range []metav1.ListOptions{{LabelSelector: "pick=" + name}, {FieldSelector: "spec.color=" + name}} {
+		got, err := res.List(ctx, opts)
+		if err != nil {
+			t.Fatalf("list %v: %v", opts, err)
+		}
+		if len(got.Items) != 1 || got.Items[0].GetName() != name {
+			t.Fatalf("list %v: %d items, want only %s", opts, len(got.Items), name)
+		}
+	}
+}
+
+// acceptedConnections counts the server side of the unix socket's
+// connections (the listener included): those sockets carry its path in
+// /proc/net/unix, the clients' do not.
+func acceptedConnections(t *testing.T, socket string) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		t.Fatalf("read /proc/net/unix: %v", err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasSuffix(line, " "+socket) {
+			n++
+		}
+	}
+	if n == 0 {
+		t.Fatalf("no socket %s in /proc/net/unix", socket)
+	}
+	return n
+}
