@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -31,7 +32,9 @@ import (
 	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/metadata"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	genericfeatures "k8s.io/apiserver/pkg/features"
 	"k8s.io/apiserver/pkg/server/egressselector"
 	"k8s.io/apiserver/pkg/storage"
@@ -56,6 +59,7 @@ const (
 type Clients struct {
 	mu      sync.Mutex
 	clients map[string]*sharedClient
+	stores  int // numbers each store's watch stream
 	logger  *zap.Logger
 	metrics *grpcprom.ClientMetrics
 }
@@ -138,7 +142,36 @@ func (c *Clients) NewStorage(config *storagebackend.ConfigForResource, newFunc, 
 	if unsafeDeletion {
 		s = etcd3.NewStoreWithUnsafeCorruptObjectDeletion(s, config.GroupResource)
 	}
-	return s, destroy, nil
+	return &ownStream{Interface: s, id: c.nextStreamID()}, destroy, nil
+}
+
+// streamMetadataKey names a store in the gRPC metadata of its watches.
+const streamMetadataKey = "harikube-store"
+
+// ownStream keeps a store's watches and progress requests on gRPC streams of
+// their own, as with a client per store. The etcd client opens one watch
+// stream per set of metadata, and the datastore (like etcd) answers a
+// progress request only once every watch on the stream has caught up: on a
+// shared stream one store's busy watch would hold back the progress, and
+// with it the consistent reads from the watch cache, of every other store.
+type ownStream struct {
+	storage.Interface
+	id string
+}
+
+func (s *ownStream) Watch(ctx context.Context, key string, opts storage.ListOptions) (watch.Interface, error) {
+	return s.Interface.Watch(metadata.AppendToOutgoingContext(ctx, streamMetadataKey, s.id), key, opts)
+}
+
+func (s *ownStream) RequestWatchProgress(ctx context.Context) error {
+	return s.Interface.RequestWatchProgress(metadata.AppendToOutgoingContext(ctx, streamMetadataKey, s.id))
+}
+
+func (c *Clients) nextStreamID() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stores++
+	return strconv.Itoa(c.stores)
 }
 
 // acquire returns the client for config's transport, opening it first.

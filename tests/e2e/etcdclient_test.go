@@ -76,7 +76,50 @@ func TestSharedEtcdClient(t *testing.T) {
 					t.Fatalf("datastore connections: %d after the CRD deletion, want %d", n, before)
 				}
 			}
+			checkConsistentReadsFromCache(t, s)
 		})
+	}
+}
+
+// checkConsistentReadsFromCache: LISTs of Secrets (watch cache, no writes)
+// while ConfigMaps are written. A consistent read from the cache waits until
+// the cache has seen the datastore's current revision, which for a resource
+// nobody writes comes from a progress notification on its watch stream; the
+// datastore sends one only when every watch on that stream has caught up. Had
+// the stores one shared stream, the busy ConfigMap watch would delay the
+// Secrets' progress, and reads would time out into a fallback to the
+// datastore (apiserver_watch_cache_consistent_read_total, fallback != false).
+func checkConsistentReadsFromCache(t *testing.T, s *testserver.Server) {
+	t.Helper()
+	ctx, stop := context.WithCancel(context.Background())
+	writes := make(chan error, 1)
+	go func() {
+		var err error
+		for i := 0; ctx.Err() == nil; i++ {
+			cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("busy-%d", i)}}
+			if _, err = s.Client.CoreV1().ConfigMaps("default").Create(ctx, cm, metav1.CreateOptions{}); err != nil && ctx.Err() == nil {
+				break
+			}
+			err = nil
+		}
+		writes <- err
+	}()
+	for range 40 {
+		if _, err := s.Client.CoreV1().Secrets("kube-system").List(context.Background(), metav1.ListOptions{}); err != nil {
+			stop()
+			t.Fatalf("consistent LIST of Secrets during writes: %v", err)
+		}
+	}
+	stop()
+	if err := <-writes; err != nil {
+		t.Fatalf("ConfigMap writes: %v", err)
+	}
+	served := s.Metric(t, "apiserver_watch_cache_consistent_read_total", `resource="secrets"`, `fallback="false"`)
+	fallbacks := s.Metric(t, "apiserver_watch_cache_consistent_read_total", `resource="secrets"`, `success="true"`) +
+		s.Metric(t, "apiserver_watch_cache_consistent_read_total", `resource="secrets"`, `success="false"`) - served
+	t.Logf("consistent reads of Secrets from the watch cache: %.0f, fallbacks or refusals: %.0f", served, fallbacks)
+	if served < 40 || fallbacks > 0 {
+		t.Fatalf("consistent reads of Secrets: %.0f served from the cache, %.0f fell back or were refused; want all 40 from the cache", served, fallbacks)
 	}
 }
 

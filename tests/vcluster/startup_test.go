@@ -79,14 +79,15 @@ func TestVCluster030(t *testing.T) {
 // etcd MemberList on its socket; then the apiserver, then the controller
 // manager. Kine's metrics (127.0.0.1:2381 since 0.35) move to a free port.
 // It also checks that the CRD annotation harikube.io/skip-gc-and-quota works
-// across the separate processes.
+// across the separate processes, and that the apiserver shares its etcd
+// client.
 func TestVCluster036(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
 	metricsAddr := "127.0.0.1:" + strconv.Itoa(testserver.FreePort(t))
 	c.kineMetrics = "http://" + metricsAddr + "/metrics"
 	c.replayPerComponent(t, mergeArgs(v036KineArgs(c.binaries, c.data), []string{"--metrics-bind-address=" + metricsAddr}), signingAfterLeaderElect,
-		checkSkipGCAndQuota)
+		checkSkipGCAndQuota, checkSharedEtcdClient)
 }
 
 // replayPerComponent starts kine, the apiserver and the controller manager
