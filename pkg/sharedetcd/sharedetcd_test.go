@@ -9,7 +9,6 @@ import (
 	"go/format"
 	"go/parser"
 	"go/token"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -25,6 +24,7 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/harikube/harikube/pkg/datastore"
+	"github.com/harikube/harikube/tests/testserver"
 )
 
 // upstreamFactoryHash is the SHA-256 of upstream's newETCD3Client,
@@ -88,15 +88,15 @@ func TestStoresShareOneConnection(t *testing.T) {
 	}
 	t.Cleanup(func() { cancel(); ds.Wait() })
 	socket := datastore.SocketPath(dataDir)
-	listenerOnly := connections(t, socket)
+	listenerOnly := testserver.UnixSocketEnds(t, socket)
 	// Connections are compared once they settle: the check is that an
 	// extra one does not stay.
 	settlesAt := func(want int, what string) {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)
-		for connections(t, socket)-listenerOnly != want {
+		for testserver.UnixSocketEnds(t, socket)-listenerOnly != want {
 			if time.Now().After(deadline) {
-				t.Fatalf("%s: %d datastore connections, want %d", what, connections(t, socket)-listenerOnly, want)
+				t.Fatalf("%s: %d datastore connections, want %d", what, testserver.UnixSocketEnds(t, socket)-listenerOnly, want)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -144,21 +144,4 @@ func create(t *testing.T, s storage.Interface, key string) {
 	if got.Data["k"] != "v" || got.ResourceVersion != out.ResourceVersion {
 		t.Fatalf("get %s: %+v, want what was created (resourceVersion %s)", key, got, out.ResourceVersion)
 	}
-}
-
-// connections counts the server side of the socket's connections and its
-// listener: the sockets /proc/net/unix lists with the path.
-func connections(t *testing.T, socket string) int {
-	t.Helper()
-	b, err := os.ReadFile("/proc/net/unix")
-	if err != nil {
-		t.Fatalf("read /proc/net/unix: %v", err)
-	}
-	n := 0
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasSuffix(line, " "+socket) {
-			n++
-		}
-	}
-	return n
 }

@@ -3,9 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -38,7 +36,7 @@ func TestSharedEtcdClient(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := testserver.Start(t, tc.args...)
 			socket := filepath.Join(s.DataDir, "kine.sock")
-			before := acceptedConnections(t, socket)
+			before := testserver.UnixSocketEnds(t, socket)
 			var gvrs []schema.GroupVersionResource
 			for i := range crds {
 				gvr := schema.GroupVersionResource{Group: fmt.Sprintf("c%d.clients.example.com", i), Version: "v1", Resource: "gadgets"}
@@ -46,7 +44,7 @@ func TestSharedEtcdClient(t *testing.T) {
 				createAndSelect(t, dyn.Namespace("default"), gvr, "g")
 				gvrs = append(gvrs, gvr)
 			}
-			after := acceptedConnections(t, socket)
+			after := testserver.UnixSocketEnds(t, socket)
 			t.Logf("datastore connections: %d before %d CRDs, %d after", before, crds, after)
 			switch {
 			case tc.shared && after != before:
@@ -72,7 +70,7 @@ func TestSharedEtcdClient(t *testing.T) {
 				t.Fatalf("create a ConfigMap after a CRD's store was destroyed: %v", err)
 			}
 			if tc.shared {
-				if n := acceptedConnections(t, socket); n != before {
+				if n := testserver.UnixSocketEnds(t, socket); n != before {
 					t.Fatalf("datastore connections: %d after the CRD deletion, want %d", n, before)
 				}
 			}
@@ -145,25 +143,4 @@ func createAndSelect(t *testing.T, res dynamic.ResourceInterface, gvr schema.Gro
 			t.Fatalf("list %v: %d items, want only %s", opts, len(got.Items), name)
 		}
 	}
-}
-
-// acceptedConnections counts the server side of the unix socket's
-// connections (the listener included): those sockets carry its path in
-// /proc/net/unix, the clients' do not.
-func acceptedConnections(t *testing.T, socket string) int {
-	t.Helper()
-	b, err := os.ReadFile("/proc/net/unix")
-	if err != nil {
-		t.Fatalf("read /proc/net/unix: %v", err)
-	}
-	n := 0
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasSuffix(line, " "+socket) {
-			n++
-		}
-	}
-	if n == 0 {
-		t.Fatalf("no socket %s in /proc/net/unix", socket)
-	}
-	return n
 }

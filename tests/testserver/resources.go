@@ -2,7 +2,9 @@ package testserver
 
 import (
 	"fmt"
+	"os"
 	"strings"
+	"testing"
 
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -49,4 +51,22 @@ func SumMetric(exposition []byte, name string, lbls ...string) (float64, error) 
 		total += v
 	}
 	return total, nil
+}
+
+// UnixSocketEnds counts the sockets /proc/net/unix lists with path: the
+// listener and the server's end of each accepted connection (a client's end
+// carries no path). Only sockets of this network namespace are listed.
+func UnixSocketEnds(t testing.TB, path string) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		t.Fatalf("read /proc/net/unix: %v", err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasSuffix(line, " "+path) {
+			n++
+		}
+	}
+	return n
 }

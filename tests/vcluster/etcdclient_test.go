@@ -1,9 +1,10 @@
 package vcluster
 
 import (
-	"os"
 	"strings"
 	"testing"
+
+	"github.com/harikube/harikube/tests/testserver"
 )
 
 // checkSharedEtcdClient: the kube-apiserver role builds its resource stores
@@ -12,16 +13,7 @@ import (
 func checkSharedEtcdClient(t *testing.T, c *cluster) {
 	t.Helper()
 	socket := strings.TrimPrefix(kineSocket(c.data), "unix://")
-	b, err := os.ReadFile("/proc/net/unix")
-	if err != nil {
-		t.Fatalf("read /proc/net/unix: %v", err)
-	}
-	accepted := -1 // the listener carries the path too
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasSuffix(line, " "+socket) {
-			accepted++
-		}
-	}
+	accepted := testserver.UnixSocketEnds(t, socket) - 1 // less the listener
 	t.Logf("kine accepted %d connections", accepted)
 	if accepted < 1 || accepted >= 20 {
 		t.Fatalf("kine holds %d connections from the kube-apiserver role, want between 1 and 19 with its shared etcd client", accepted)
