@@ -31,7 +31,12 @@ func TestSupersededHistory(t *testing.T) {
 func testSupersededHistory(t *testing.T, s store) {
 	registry := func() *index.Registry {
 		r := index.NewRegistry()
-		r.Register(widgets("spec.color"))
+		// A definition, as a CRD's, lets the restart below trust the
+		// stored index instead of re-indexing in the background, during
+		// which field reads are (correctly) unfiltered supersets.
+		res := widgets("spec.color")
+		res.Definition = "widgets with spec.color"
+		r.Register(res)
 		return r
 	}
 	e := start(t, s, registry())
