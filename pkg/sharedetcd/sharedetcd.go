@@ -5,11 +5,11 @@
 // pkg/storage/storagebackend/factory/etcd3.go, newETCD3Storage) opens a
 // client for every store: a gRPC connection with its goroutines and buffers,
 // and on an in-process datastore the server's side of it too. That is about
-// 65 connections for the built-in resources and one more per custom resource
+// 70 connections for the built-in resources and one more per custom resource
 // version (kubernetes/kubernetes#111622). The factory has no way to pass a
 // client in, so NewStorage repeats its assembly around the exported
-// etcd3.New; TestUpstreamFactoryUnchanged fails when upstream's changes, so
-// that this package is reviewed against it.
+// etcd3.New. TestUpstreamFactoryUnchanged fails when upstream changes that
+// assembly, so that this package is reviewed against the new version.
 package sharedetcd
 
 import (
