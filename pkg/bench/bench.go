@@ -42,6 +42,9 @@ type Options struct {
 	WorkDir string
 	// StartTimeout bounds a server's (or etcd's) start.
 	StartTimeout time.Duration
+	// ChurnObjects bounds the extra widgets each size creates, then times
+	// the updates and deletes of (at most N of them).
+	ChurnObjects int
 	// Mixed is the mixed workload, run in each mode after the last size;
 	// a zero Duration skips it.
 	Mixed MixedOptions
@@ -392,7 +395,7 @@ func measureSize(ctx context.Context, opts Options, con *console, srv *server, c
 		}
 		con.printf("  %-44s p50 %9.2f ms  p95 %9.2f ms  (%d events)\n", "watch decile=7, create→event", res.Watch.P50Ms, res.Watch.P95Ms, res.Watch.Samples)
 	}
-	if res.Update, res.Delete, err = measureChurn(ctx, c, cpu, res.N, opts.Workers, con); err != nil {
+	if res.Update, res.Delete, err = measureChurn(ctx, c, cpu, res.N, opts.ChurnObjects, opts.Workers, con); err != nil {
 		return err
 	}
 	return nil

@@ -13,9 +13,6 @@ import (
 	"k8s.io/client-go/dynamic"
 )
 
-// maxChurn bounds the extra widgets each size updates and deletes.
-const maxChurn = 2000
-
 // churnWidget is extra widget k: its labels and shard match no LIST
 // workload, and it is deleted again before the next size.
 func churnWidget(k int) *unstructured.Unstructured {
@@ -23,12 +20,12 @@ func churnWidget(k int) *unstructured.Unstructured {
 		fmt.Sprintf("churn-%d", k), payload(-1000-k))
 }
 
-// measureChurn creates min(n, maxChurn) extra widgets, then times an update
+// measureChurn creates min(n, most) extra widgets, then times an update
 // of each (a merge patch of spec.payload) and a delete of each with the
 // seeding clients, leaving the data set as it was.
-func measureChurn(ctx context.Context, c dynamic.Interface, cpu func() (float64, error), n, workers int, con *console) (updates, deletes Throughput, err error) {
+func measureChurn(ctx context.Context, c dynamic.Interface, cpu func() (float64, error), n, most, workers int, con *console) (updates, deletes Throughput, err error) {
 	rc := c.Resource(widgets).Namespace(namespace)
-	count := min(n, maxChurn)
+	count := min(n, most)
 	var retries atomic.Int64
 	if _, err := inParallel(ctx, con, "creating widgets to update and delete", 0, count, workers, func(k int) error {
 		return createWithRetry(ctx, rc, churnWidget(k), &retries)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/harikube/harikube/pkg/bench"
@@ -38,20 +39,17 @@ etcd behind the same apiserver), kine-stock (Kine's own SQLite driver, no index)
 where PostgreSQL is not installed).`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			if quick {
+				if err := applyQuickDefaults(c.Flags()); err != nil {
+					return err
+				}
+			}
 			var err error
-			if quick && !c.Flags().Changed("budget") {
-				opts.Repetition.Budget = time.Second
-			}
-			switch {
-			case c.Flags().Changed("sizes"):
-				opts.Sizes, err = parseSizes(sizes)
-			case quick:
-				opts.Sizes = []int{1000, 10000}
-			default:
-				opts.Sizes = []int{1000, 10000, 100000}
-			}
-			if err != nil {
+			if opts.Sizes, err = parseSizes(sizes); err != nil {
 				return err
+			}
+			if opts.ChurnObjects < 1 {
+				return fmt.Errorf("--churn-objects: %d; it must be at least 1", opts.ChurnObjects)
 			}
 			var skipped []string
 			if opts.Modes, skipped, err = bench.ParseModes(modes); err != nil {
@@ -68,12 +66,6 @@ where PostgreSQL is not installed).`,
 			for i, m := range opts.Modes {
 				// A new slice: the modes share their ServerArgs with bench.Modes.
 				opts.Modes[i].ServerArgs = append(append([]string(nil), m.ServerArgs...), serverArgs...)
-			}
-			if quick && !c.Flags().Changed("mixed-duration") {
-				opts.Mixed.Duration = 10 * time.Second
-			}
-			if quick && !c.Flags().Changed("history-objects") {
-				opts.History.Objects = 5000
 			}
 			if memoryLimit != "" {
 				q, err := resource.ParseQuantity(memoryLimit)
@@ -93,19 +85,20 @@ where PostgreSQL is not installed).`,
 		},
 	}
 	f := c.Flags()
-	f.BoolVar(&quick, "quick", false, "sizes 1000 and 10000 only (default sizes: 1000, 10000, 100000) and a --budget of 1s")
-	f.StringVar(&sizes, "sizes", "", "comma-separated numbers of objects, e.g. 1000,5000 (overrides --quick)")
+	f.BoolVar(&quick, "quick", false, "a run of about five minutes: "+quickSummary()+" (a flag given explicitly wins)")
+	f.StringVar(&sizes, "sizes", "1000,10000,100000", "comma-separated numbers of objects, e.g. 1000,5000")
 	f.StringVar(&modes, "modes", "all", "comma-separated modes: "+strings.Join(bench.ModeNames(bench.Modes), ",")+"; also (not in all): "+strings.Join(bench.ModeNames(bench.OptionalModes), ","))
 	f.StringVar(&opts.JSONPath, "json", "bench-results.json", "write the results as JSON to this file (empty: none)")
 	f.StringVar(&opts.ChartPath, "chart", "bench-results.svg", "write an SVG chart (selective LIST p50 and peak RSS against N, per mode) to this file (empty: none)")
 	f.IntVar(&opts.Repetition.Runs, "repeat", 20, "timed runs of each LIST (a fast first run is an untimed warm-up)")
-	f.DurationVar(&opts.Repetition.Budget, "budget", 5*time.Second, "stop timing a LIST after this long (a slower LIST is timed once)")
+	f.DurationVar(&opts.Repetition.Budget, "budget", 5*time.Second, "stop timing a LIST after this long (a slower LIST is timed once; 500ms with --quick)")
 	f.IntVar(&opts.WatchSamples, "watch-samples", opts.WatchSamples, "timed watch events")
 	f.IntVar(&opts.Workers, "workers", opts.Workers, "concurrent clients seeding the objects")
 	f.StringVar(&opts.WorkDir, "work-dir", "", "parent of the temporary data directories (default: the system temp dir)")
-	f.DurationVar(&opts.Mixed.Duration, "mixed-duration", 20*time.Second, "how long the mixed workload runs in each mode (10s with --quick; 0 skips it)")
+	f.DurationVar(&opts.Mixed.Duration, "mixed-duration", 20*time.Second, "how long the mixed workload runs in each mode (5s with --quick; 0 skips it)")
 	f.IntVar(&opts.Mixed.Clients, "mixed-clients", 20, "concurrent clients of the mixed workload")
-	f.IntVar(&opts.History.Objects, "history-objects", 20000, "tasks of the history workload, all but 10 changed once (5000 with --quick; 0 skips it)")
+	f.IntVar(&opts.History.Objects, "history-objects", 20000, "tasks of the history workload, all but 10 changed once (2000 with --quick; 0 skips it)")
+	f.IntVar(&opts.ChurnObjects, "churn-objects", 2000, "extra widgets updated and deleted at each size, at most N (500 with --quick)")
 	f.StringVar(&opts.ProfileDir, "profile-dir", "", "save pprof profiles of each server here: heap after each size, CPU while seeding (go tool pprof reads them)")
 	f.StringVar(&memoryLimit, "memory-limit", "", "cap the memory of the bench and its servers (a cgroup v1 memory cgroup, e.g. 10Gi); a mode killed at the cap ends reported and the next mode runs")
 	f.DurationVar(&opts.ModeBudget, "mode-budget", 0, "bound each mode's time (e.g. 30m); a mode that spends it ends reported with the figures so far (0: no bound)")
@@ -148,4 +141,35 @@ func parseSizes(list string) ([]int, error) {
 		out = append(out, n)
 	}
 	return out, nil
+}
+
+// quickDefaults are the values --quick gives the flags the command line
+// leaves unset: both sizes with every mode and workload, in about five
+// minutes on two cores, where the full run takes most of an hour.
+var quickDefaults = []struct{ flag, value string }{
+	{"sizes", "1000,10000"},
+	{"budget", "500ms"},
+	{"churn-objects", "500"},
+	{"mixed-duration", "5s"},
+	{"history-objects", "2000"},
+}
+
+func applyQuickDefaults(f *pflag.FlagSet) error {
+	for _, d := range quickDefaults {
+		if f.Changed(d.flag) {
+			continue
+		}
+		if err := f.Set(d.flag, d.value); err != nil {
+			return fmt.Errorf("--quick: --%s=%s: %w", d.flag, d.value, err)
+		}
+	}
+	return nil
+}
+
+func quickSummary() string {
+	parts := make([]string, len(quickDefaults))
+	for i, d := range quickDefaults {
+		parts[i] = "--" + d.flag + "=" + d.value
+	}
+	return strings.Join(parts, " ")
 }

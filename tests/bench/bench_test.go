@@ -135,6 +135,7 @@ func TestBenchRejectsBadFlags(t *testing.T) {
 		{"--sizes", "1000,x"},
 		{"--sizes", "5"},
 		{"--memory-limit", "lots"},
+		{"--churn-objects", "0"},
 		{"--server-arg", "kube-apiserver-arg=request-timeout=1m"},
 	} {
 		out, err := exec.Command(bin, append([]string{"bench", "--json", ""}, args...)...).CombinedOutput()
