@@ -12,19 +12,31 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// TestManifest: package/vcluster-kine-sqlite.yaml is the chart rendered with
-// package/vcluster-values.yaml: its config secret decodes to a vCluster
-// config naming the harikube image, with the same distro settings as the
-// values file, and the init container copies /kubernetes/. from that image.
-// It holds no Namespace (removing the manifest must not delete the PVC) and
-// the StatefulSet keeps its PVC when deleted.
+// TestManifest: each packaged manifest is the chart rendered with its values
+// file: its config secret decodes to a vCluster config naming the harikube
+// image, with the same distro settings as the values file, and the init
+// container copies /kubernetes/. from that image. It holds no Namespace
+// (removing the manifest must not delete the PVC) and the StatefulSet keeps
+// its PVC when deleted. The all-in-one manifest runs `harikube server`.
 func TestManifest(t *testing.T) {
+	for _, tc := range []struct {
+		manifest, values string
+		allInOne         bool
+	}{
+		{"vcluster-kine-sqlite.yaml", "vcluster-values.yaml", true},
+		{"vcluster-0.36-per-component.yaml", "vcluster-0.36-per-component-values.yaml", false},
+	} {
+		t.Run(tc.manifest, func(t *testing.T) { checkManifest(t, tc.manifest, tc.values, tc.allInOne) })
+	}
+}
+
+func checkManifest(t *testing.T, manifestFile, valuesFile string, allInOne bool) {
 	root := repoRoot(t)
-	manifest, err := os.ReadFile(filepath.Join(root, "package", "vcluster-kine-sqlite.yaml"))
+	manifest, err := os.ReadFile(filepath.Join(root, "package", manifestFile))
 	if err != nil {
 		t.Fatal(err)
 	}
-	valuesData, err := os.ReadFile(filepath.Join(root, "package", "vcluster-values.yaml"))
+	valuesData, err := os.ReadFile(filepath.Join(root, "package", valuesFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,11 +114,17 @@ func TestManifest(t *testing.T) {
 	k8s := got.ControlPlane.Distro.K8S
 	image := k8s.Image.Registry + "/" + k8s.Image.Repository + ":" + k8s.Image.Tag
 	wantImage := want.ControlPlane.Distro.K8S.Image
-	if !k8s.Enabled || k8s.Image.Repository != "harikube/harikube" || !strings.HasPrefix(k8s.Image.Tag, "v") {
-		t.Errorf("config names distro image %s (k8s enabled %v), want harikube/harikube", image, k8s.Enabled)
+	if k8s.Image.Repository != "harikube/harikube" || !strings.HasPrefix(k8s.Image.Tag, "v") {
+		t.Errorf("config names distro image %s, want harikube/harikube", image)
 	}
-	if !reflect.DeepEqual(got.ControlPlane.Distro.K8S, want.ControlPlane.Distro.K8S) {
-		t.Errorf("config secret differs from package/vcluster-values.yaml (re-render the manifest):\nsecret: %+v\nvalues: %+v", k8s, want.ControlPlane.Distro.K8S)
+	if !allInOne {
+		// 0.33 and later write every value into the secret, defaults too:
+		// only the image is ours, and both upstream components run.
+		if k8s.Image != wantImage || !k8s.APIServer.Enabled || len(k8s.APIServer.Command) > 0 || !k8s.ControllerManager.Enabled {
+			t.Errorf("config secret's distro %+v, want the image of package/%s (%+v) and vCluster's own apiserver and controller manager", k8s, valuesFile, wantImage)
+		}
+	} else if !k8s.Enabled || !reflect.DeepEqual(got.ControlPlane.Distro.K8S, want.ControlPlane.Distro.K8S) {
+		t.Errorf("config secret differs from package/%s (re-render the manifest):\nsecret: %+v\nvalues: %+v", valuesFile, k8s, want.ControlPlane.Distro.K8S)
 	}
 	if initImage != wantImage.Registry+"/"+wantImage.Repository+":"+wantImage.Tag {
 		t.Errorf("init container image %q, want the harikube image %s", initImage, image)
@@ -114,7 +132,7 @@ func TestManifest(t *testing.T) {
 	if strings.Join(initCommand, " ") != "cp -r /kubernetes/. /binaries/" {
 		t.Errorf("init container runs %q", initCommand)
 	}
-	if len(k8s.APIServer.Command) < 2 || k8s.APIServer.Command[0] != "/binaries/harikube" || k8s.APIServer.Command[1] != "server" {
+	if allInOne && (len(k8s.APIServer.Command) < 2 || k8s.APIServer.Command[0] != "/binaries/harikube" || k8s.APIServer.Command[1] != "server") {
 		t.Errorf("apiServer.command = %q, want /binaries/harikube server ...", k8s.APIServer.Command)
 	}
 }
