@@ -68,3 +68,26 @@ func TestGCPercentDefaultsTo50UnlessGOGCIsSet(t *testing.T) {
 		t.Errorf("GOGC=200: GC percent %d", got)
 	}
 }
+
+func TestGoMemoryLimitFollowsAUTOMEMLIMIT(t *testing.T) {
+	t.Cleanup(func() { debug.SetMemoryLimit(math.MaxInt64) })
+	unsetenv(t, "GOMEMLIMIT")
+	var cgroupLimit uint64 = 1 << 30
+
+	t.Setenv("AUTOMEMLIMIT", "off")
+	debug.SetMemoryLimit(math.MaxInt64)
+	if _, err := setGoMemoryLimit(memlimit.Limit(cgroupLimit)); err != nil {
+		t.Fatal(err)
+	}
+	if l := debug.SetMemoryLimit(-1); l != math.MaxInt64 {
+		t.Errorf("AUTOMEMLIMIT=off set a Go limit of %d", l)
+	}
+
+	t.Setenv("AUTOMEMLIMIT", "0.5")
+	if _, err := setGoMemoryLimit(memlimit.Limit(cgroupLimit)); err != nil {
+		t.Fatal(err)
+	}
+	if l, want := debug.SetMemoryLimit(-1), int64(cgroupLimit/2); l != want {
+		t.Errorf("AUTOMEMLIMIT=0.5: Go limit %d, want %d (half the cgroup's 1 GiB)", l, want)
+	}
+}
