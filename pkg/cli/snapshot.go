@@ -155,18 +155,22 @@ func newSnapshotPruneCommand() *cobra.Command {
 }
 
 func newSnapshotRestoreCommand() *cobra.Command {
-	var dataDir string
+	var dataDir, endpoint string
 	var bump int64
 	c := &cobra.Command{
 		Use:   "restore FILE",
 		Short: "Make a snapshot the datastore of a stopped server; the current database is kept aside",
 		Long: "Make a snapshot the datastore of a stopped server. The snapshot is checked first (a harikube " +
 			"snapshot, complete, intact, and its encrypted values' key present in <data-dir>/cred); the current " +
-			"database is renamed to db/state.db.pre-restore-<time>, never deleted. The restored datastore's " +
+			"database (db/state.db, or the file of --datastore-endpoint sqlite://...) is renamed to <file>.pre-restore-<time>, never deleted. The restored datastore's " +
 			"revision is moved past every revision the old server may have handed out and the history before it " +
 			"is compacted, so clients holding a newer resourceVersion get 410 Gone and relist.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
+			database, err := sqliteDatabase(dataDir, endpoint)
+			if err != nil {
+				return err
+			}
 			if err := os.MkdirAll(dataDir, 0o700); err != nil {
 				return fmt.Errorf("create data directory %s: %w", dataDir, err)
 			}
@@ -177,7 +181,7 @@ func newSnapshotRestoreCommand() *cobra.Command {
 			defer unlock()
 			res, err := snapshot.Restore(context.Background(), snapshot.RestoreOptions{
 				Snapshot:         args[0],
-				Database:         datastore.DatabasePath(dataDir),
+				Database:         database,
 				EncryptionConfig: encryptionConfigPath(dataDir),
 				BumpRevision:     bump,
 			})
@@ -185,16 +189,21 @@ func newSnapshotRestoreCommand() *cobra.Command {
 				return fmt.Errorf("%w; nothing was changed", err)
 			}
 			w := c.OutOrStdout()
-			fmt.Fprintf(w, "Restored %s (revision %d) into %s\n", res.Snapshot.Path, res.Snapshot.Revision, datastore.DatabasePath(dataDir))
+			fmt.Fprintf(w, "Restored %s (revision %d) into %s\n", res.Snapshot.Path, res.Snapshot.Revision, database)
 			fmt.Fprintf(w, "Revision: %d (older revisions are compacted)\n", res.Revision)
 			for _, p := range res.KeptAside {
 				fmt.Fprintf(w, "Kept aside: %s\n", p)
 			}
-			fmt.Fprintf(w, "Start the server with --data-dir %s\n", dataDir)
+			if endpoint != "" {
+				fmt.Fprintf(w, "Start the server with --data-dir %s --datastore-endpoint %s\n", dataDir, redactedURL(endpoint))
+			} else {
+				fmt.Fprintf(w, "Start the server with --data-dir %s\n", dataDir)
+			}
 			return nil
 		},
 	}
 	c.Flags().StringVarP(&dataDir, "data-dir", "d", defaultDataDir(), "the data directory of the stopped server")
+	c.Flags().StringVar(&endpoint, "datastore-endpoint", "", "the server's --datastore-endpoint, if it set one (a sqlite:// file)")
 	c.Flags().Int64Var(&bump, "bump-revision", snapshot.DefaultBumpRevision, "start the restored revision this far past the newest known one (as etcdutl's --bump-revision with --mark-compacted)")
 	return c
 }

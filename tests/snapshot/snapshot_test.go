@@ -738,3 +738,53 @@ func TestScheduleOnPostgres(t *testing.T) {
 		t.Errorf("server on PostgreSQL with --snapshot-schedule: exit %d; want exit 1 pointing to pg_dump; output:\n%s", code, out)
 	}
 }
+
+// TestRestoreToEndpoint: a server whose --datastore-endpoint names a SQLite
+// file outside its data directory is saved and restored through the same
+// flag; the restored file serves what the snapshot held, and the file it
+// replaced is kept aside beside it.
+func TestRestoreToEndpoint(t *testing.T) {
+	ctx := context.Background()
+	dataDir := t.TempDir()
+	database := filepath.Join(t.TempDir(), "elsewhere", "cluster.db")
+	endpoint := "sqlite://" + database
+	must(t, os.MkdirAll(filepath.Dir(database), 0o700))
+	s := testserver.Start(t, "--data-dir", dataDir, "--datastore-endpoint", endpoint)
+	cm := func(name string) *corev1.ConfigMap {
+		return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	}
+	if _, err := s.Client.CoreV1().ConfigMaps("default").Create(ctx, cm("in-snapshot"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	out, code := s.Run(t, "snapshot", "save", "--data-dir", dataDir, "--datastore-endpoint", endpoint, "--name", "moved")
+	if code != 0 {
+		t.Fatalf("snapshot save: exit %d\n%s", code, out)
+	}
+	files, _ := filepath.Glob(filepath.Join(dataDir, "snapshots", "moved-*.db"))
+	if len(files) != 1 {
+		t.Fatalf("snapshot files %v\n%s", files, out)
+	}
+	if _, err := s.Client.CoreV1().ConfigMaps("default").Create(ctx, cm("after-snapshot"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	s.Stop(t)
+
+	out, code = runBinary(t, "snapshot", "restore", "--data-dir", dataDir, "--datastore-endpoint", endpoint, files[0])
+	if code != 0 {
+		t.Fatalf("snapshot restore --datastore-endpoint: exit %d\n%s", code, out)
+	}
+	aside, _ := filepath.Glob(database + ".pre-restore-*")
+	if !strings.Contains(out, "into "+database) || len(aside) == 0 {
+		t.Errorf("restore did not write %s or keep the old file aside beside it (%v):\n%s", database, aside, out)
+	}
+	if _, err := os.Stat(filepath.Join(dataDir, "db", "state.db")); !os.IsNotExist(err) {
+		t.Errorf("restore wrote the data directory's default database too: %v", err)
+	}
+	r := testserver.Start(t, "--data-dir", dataDir, "--datastore-endpoint", endpoint)
+	if _, err := r.Client.CoreV1().ConfigMaps("default").Get(ctx, "in-snapshot", metav1.GetOptions{}); err != nil {
+		t.Errorf("ConfigMap saved in the snapshot: %v", err)
+	}
+	if _, err := r.Client.CoreV1().ConfigMaps("default").Get(ctx, "after-snapshot", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("ConfigMap created after the snapshot: %v, want not found", err)
+	}
+}
