@@ -4,8 +4,10 @@ package bench_test
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/xml"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,11 +28,16 @@ func TestBenchAllModes(t *testing.T) {
 	dir := t.TempDir()
 	out := filepath.Join(dir, "results.json")
 	chart := filepath.Join(dir, "results.svg")
+	profileDir := filepath.Join(dir, "profiles")
+	if err := os.Mkdir(profileDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "bench", "--sizes", "50", "--modes", "all",
 		"--repeat", "2", "--budget", "1s", "--watch-samples", "2", "--workers", "4",
-		"--mixed-duration", "2s", "--history-objects", "30", "--json", out, "--chart", chart, "--work-dir", dir)
+		"--mixed-duration", "2s", "--history-objects", "30", "--json", out, "--chart", chart, "--work-dir", dir,
+		"--profile-dir", profileDir)
 	var output bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &output, &output
 	if err := cmd.Run(); err != nil {
@@ -112,6 +119,11 @@ func TestBenchAllModes(t *testing.T) {
 			t.Errorf("mixed %s: %+v", m.Mode, m)
 		}
 	}
+	for _, m := range bench.Modes {
+		checkProfile(t, filepath.Join(profileDir, m.Name+"-n50-heap.pb.gz"), "inuse_space")
+		checkProfile(t, filepath.Join(profileDir, m.Name+"-n50-seed-cpu.pb.gz"), "cpu")
+		checkProfile(t, filepath.Join(profileDir, m.Name+"-n50-mixed-cpu.pb.gz"), "cpu")
+	}
 	svg, err := os.ReadFile(chart)
 	if err != nil {
 		t.Fatalf("chart: %v", err)
@@ -136,6 +148,7 @@ func TestBenchRejectsBadFlags(t *testing.T) {
 		{"--sizes", "5"},
 		{"--memory-limit", "lots"},
 		{"--churn-objects", "0"},
+		{"--idle-duration", "0s"},
 		{"--server-arg", "kube-apiserver-arg=request-timeout=1m"},
 	} {
 		out, err := exec.Command(bin, append([]string{"bench", "--json", ""}, args...)...).CombinedOutput()
@@ -144,5 +157,26 @@ func TestBenchRejectsBadFlags(t *testing.T) {
 		} else if strings.Contains(string(out), "server ready") {
 			t.Errorf("bench %v started a server before failing:\n%s", args, out)
 		}
+	}
+}
+
+// checkProfile: path is a gzipped pprof profile whose string table names
+// the sample type want.
+func checkProfile(t *testing.T, path, want string) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Errorf("--profile-dir: %v", err)
+		return
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Errorf("%s is not gzipped: %v", path, err)
+		return
+	}
+	body, err := io.ReadAll(zr)
+	if err != nil || !bytes.Contains(body, []byte(want)) {
+		t.Errorf("%s: %d bytes (%v), no sample type %q", path, len(body), err, want)
 	}
 }
