@@ -42,6 +42,10 @@ type Options struct {
 	WorkDir string
 	// StartTimeout bounds a server's (or etcd's) start.
 	StartTimeout time.Duration
+	// IdleDuration is how long a server stands idle, with its CRD and no
+	// objects, before its idle memory is read; at least the controller
+	// manager's start-up syncs.
+	IdleDuration time.Duration
 	// ChurnObjects bounds the extra widgets each size creates, then times
 	// the updates and deletes of (at most N of them).
 	ChurnObjects int
@@ -277,7 +281,7 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode, memCap *me
 	if err := createCRD(ctx, srv.client, m.CRDAnnotations, time.Minute); err != nil {
 		return nil, nil, ender.end(ctx, err, srv, etcd, 0, nil)
 	}
-	idle, err := srv.idleAnon(ctx)
+	idle, err := srv.idleAnon(ctx, opts.IdleDuration)
 	if err != nil {
 		return nil, nil, ender.end(ctx, err, srv, etcd, 0, nil)
 	}
@@ -419,11 +423,11 @@ func seedProfileLength(creates int) time.Duration {
 
 // idleAnon waits for the server to settle after its start and returns its
 // anonymous resident memory.
-func (s *server) idleAnon(ctx context.Context) (int64, error) {
+func (s *server) idleAnon(ctx context.Context, settle time.Duration) (int64, error) {
 	select {
 	case <-ctx.Done():
 		return 0, ctx.Err()
-	case <-time.After(idleSettle):
+	case <-time.After(settle):
 	}
 	m, err := readMemory(s.cmd.Process.Pid)
 	if err != nil {
@@ -431,9 +435,6 @@ func (s *server) idleAnon(ctx context.Context) (int64, error) {
 	}
 	return m.anon, nil
 }
-
-// idleSettle lets the controller manager finish its start-up syncs.
-const idleSettle = 10 * time.Second
 
 // withCPU runs a timed phase and sets t's server CPU seconds per 1,000
 // operations from the server's CPU time before and after.

@@ -48,6 +48,9 @@ where PostgreSQL is not installed).`,
 			if opts.Sizes, err = parseSizes(sizes); err != nil {
 				return err
 			}
+			if opts.IdleDuration <= 0 {
+				return fmt.Errorf("--idle-duration: %s; it must be positive, e.g. 10s", opts.IdleDuration)
+			}
 			if opts.ChurnObjects < 1 {
 				return fmt.Errorf("--churn-objects: %d; it must be at least 1", opts.ChurnObjects)
 			}
@@ -98,6 +101,7 @@ where PostgreSQL is not installed).`,
 	f.DurationVar(&opts.Mixed.Duration, "mixed-duration", 20*time.Second, "how long the mixed workload runs in each mode (5s with --quick; 0 skips it)")
 	f.IntVar(&opts.Mixed.Clients, "mixed-clients", 20, "concurrent clients of the mixed workload")
 	f.IntVar(&opts.History.Objects, "history-objects", 20000, "tasks of the history workload, all but 10 changed once (2000 with --quick; 0 skips it)")
+	f.DurationVar(&opts.IdleDuration, "idle-duration", 10*time.Second, "how long each server stands idle (its CRD, no objects) before its idle anonymous RSS is read; the heap takes minutes to reach its collector's goal")
 	f.IntVar(&opts.ChurnObjects, "churn-objects", 2000, "extra widgets updated and deleted at each size, at most N (500 with --quick)")
 	f.StringVar(&opts.ProfileDir, "profile-dir", "", "save pprof profiles of each server here: heap after each size, CPU while seeding (go tool pprof reads them)")
 	f.StringVar(&memoryLimit, "memory-limit", "", "cap the memory of the bench and its servers (a cgroup v1 memory cgroup, e.g. 10Gi); a mode killed at the cap ends reported and the next mode runs")
