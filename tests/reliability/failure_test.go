@@ -155,8 +155,8 @@ func TestCorruptDatabase(t *testing.T) {
 			before := fileHash(t, path)
 			out, code, took := runServer(t, dir, 2*time.Minute)
 			last := tail([]byte(out), 1)
-			if code == 0 || !strings.Contains(last, c.want) || !strings.Contains(last, path) {
-				t.Errorf("exit code %d after %.1fs; last line %q; want non-zero and a line naming %s with %q", code, took.Seconds(), last, path, c.want)
+			if code != 1 || !strings.Contains(last, c.want) || !strings.Contains(last, path) {
+				t.Errorf("exit code %d after %.1fs; last line %q; want 1 and a line naming %s with %q", code, took.Seconds(), last, path, c.want)
 			}
 			if took > time.Minute {
 				t.Errorf("took %s to fail", took)
@@ -174,8 +174,8 @@ func TestCorruptDatabase(t *testing.T) {
 		before := fileHash(t, path)
 		out, code, took := runServer(t, t.TempDir(), 2*time.Minute, "--datastore-endpoint", "sqlite://"+path+"?_journal=WAL")
 		last := tail([]byte(out), 1)
-		if code == 0 || !strings.Contains(last, "is not a SQLite database") || !strings.Contains(last, path) || took > time.Minute {
-			t.Errorf("exit code %d after %.1fs; last line %q; want non-zero within a minute and a line naming %s", code, took.Seconds(), last, path)
+		if code != 1 || !strings.Contains(last, "is not a SQLite database") || !strings.Contains(last, path) || took > time.Minute {
+			t.Errorf("exit code %d after %.1fs; last line %q; want 1 within a minute and a line naming %s", code, took.Seconds(), last, path)
 		}
 		if fileHash(t, path) != before {
 			t.Errorf("the file was modified")
@@ -271,8 +271,8 @@ func TestLockedDatabase(t *testing.T) {
 		before := fileHash(t, path)
 		out, code, took := runServer(t, dir, 3*time.Minute)
 		last := tail([]byte(out), 1)
-		if code == 0 || !strings.Contains(last, "is locked by another process") || !strings.Contains(last, path) {
-			t.Errorf("exit code %d after %.1fs; last line %q; want non-zero and a line saying %s is locked by another process", code, took.Seconds(), last, path)
+		if code != 1 || !strings.Contains(last, "is locked by another process") || !strings.Contains(last, path) {
+			t.Errorf("exit code %d after %.1fs; last line %q; want 1 and a line saying %s is locked by another process", code, took.Seconds(), last, path)
 		}
 		if took < 25*time.Second || took > 100*time.Second {
 			t.Errorf("gave up after %s; want about the 30 s busy timeout", took)
@@ -345,7 +345,7 @@ func TestDiskFull(t *testing.T) {
 		switch {
 		case err == nil:
 			acked = append(acked, name)
-		case strings.Contains(err.Error(), "full"):
+		case strings.Contains(err.Error(), "database or disk is full"):
 			failedFull = append(failedFull, name)
 		default:
 			unknown = append(unknown, name)
