@@ -1,6 +1,7 @@
 package vcluster
 
 import (
+	"errors"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -8,7 +9,7 @@ import (
 )
 
 // TestUnknownFlags: each component role rejects a flag its upstream does not
-// know, exiting non-zero with a message naming it; by argv[0] and as a
+// know, exiting 1 with a message naming it; by argv[0] and as a
 // harikube subcommand.
 func TestUnknownFlags(t *testing.T) {
 	t.Parallel()
@@ -19,8 +20,9 @@ func TestUnknownFlags(t *testing.T) {
 			{filepath.Join(b.Binaries, "harikube"), role, "--no-such-flag=1"},
 		} {
 			out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
-			if err == nil {
-				t.Errorf("%s: exit 0, want an error", strings.Join(argv, " "))
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+				t.Errorf("%s: %v, want exit status 1", strings.Join(argv, " "), err)
 				continue
 			}
 			if !strings.Contains(string(out), "no-such-flag") {

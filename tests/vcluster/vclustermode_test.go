@@ -36,8 +36,8 @@ func startInPod(t *testing.T, host *hostCluster, args ...string) (*process, stri
 // TestServiceCIDRFromHost: with --vcluster and no --service-cidr, harikube
 // serves the host cluster's service CIDR, read from the annotation the
 // syncer puts on its host Service, through the pod's service account; a
-// dual-stack value passes through. Without the annotation it exits with a
-// message naming what to set.
+// dual-stack value passes through. Without the annotation, or without the
+// Service, it exits with a message naming what to set.
 func TestServiceCIDRFromHost(t *testing.T) {
 	t.Parallel()
 	t.Run("DualStack", func(t *testing.T) {
@@ -76,6 +76,28 @@ func TestServiceCIDRFromHost(t *testing.T) {
 			t.Errorf("exit code 0 without a service CIDR")
 		}
 		for _, want := range []string{vcluster.ServiceCIDRAnnotation, "Service kine/kine", "pass --service-cidr"} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("error output lacks %q:\n%s", want, vclusterimage.Tail(p.log, 10))
+			}
+		}
+	})
+	t.Run("NoService", func(t *testing.T) {
+		t.Parallel()
+		host := newHostCluster(t, "10.43.0.0/16", "10.43.0.0/16")
+		if err := host.srv.Client.CoreV1().Services(vclusterName).Delete(context.Background(), vclusterName, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		p, _ := startInPod(t, host)
+		select {
+		case <-p.done:
+		case <-time.After(3 * time.Minute):
+			t.Fatal("harikube server --vcluster still runs without the vCluster's host Service")
+		}
+		out, _ := os.ReadFile(p.log)
+		if p.code == 0 {
+			t.Errorf("exit code 0 without the vCluster's host Service")
+		}
+		for _, want := range []string{"Service kine/kine does not exist on the host cluster", "pass --service-cidr"} {
 			if !strings.Contains(string(out), want) {
 				t.Errorf("error output lacks %q:\n%s", want, vclusterimage.Tail(p.log, 10))
 			}
