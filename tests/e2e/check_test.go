@@ -81,4 +81,19 @@ func testRunningCheck(t *testing.T, s *testserver.Server, datastoreArgs []string
 	if resp.StatusCode != http.StatusUnauthorized && resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("anonymous GET %s: %s", server.CheckPath, resp.Status)
 	}
+	// So is an authenticated user without cluster-admin.
+	user := rest.CopyConfig(s.Config)
+	user.Impersonate = rest.ImpersonationConfig{UserName: "not-an-admin", Groups: []string{"system:authenticated"}}
+	userClient, err := rest.HTTPClientFor(user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err = userClient.Get(s.Config.Host + server.CheckPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("GET %s as an authenticated user without RBAC rights: %s, want 403", server.CheckPath, resp.Status)
+	}
 }

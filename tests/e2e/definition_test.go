@@ -175,6 +175,11 @@ func testDefinitionChanges(t *testing.T, datastoreArgs []string) {
 	if got := gizmoAnswers(t, s.Config, []string{"v1", "v2"}); !slices.Equal(got, want) {
 		t.Fatalf("with pushdown:\n%v\nwith --selector-pushdown=false on the same data:\n%v", want, got)
 	}
+	for _, m := range []string{"harikube_apiserver_pushdown_requests_total", "harikube_datastore_selection_requests_total", "harikube_datastore_selection_rows_total"} {
+		if v := s.Metric(t, m); v != 0 {
+			t.Errorf("%s = %v with --selector-pushdown=false, want 0", m, v)
+		}
+	}
 }
 
 func gizmoGVR(version string) schema.GroupVersionResource {

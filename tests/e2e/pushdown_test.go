@@ -116,6 +116,7 @@ func testPushdownAtScale(t *testing.T, datastoreArgs []string) {
 
 	t.Run("ten matches", func(t *testing.T) {
 		rowsBefore := s.Metric(t, "harikube_datastore_selection_rows_total", `resource="gadgets.pushdown.harikube.io"`)
+		keptBefore := s.Metric(t, "harikube_apiserver_pushdown_items_kept_total", `resource="gadgets.pushdown.harikube.io"`)
 		list, err := dyn.Namespace("default").List(ctx, metav1.ListOptions{LabelSelector: "mod1000=7"})
 		if err != nil {
 			t.Fatal(err)
@@ -127,6 +128,9 @@ func testPushdownAtScale(t *testing.T, datastoreArgs []string) {
 		rows := s.Metric(t, "harikube_datastore_selection_rows_total", `resource="gadgets.pushdown.harikube.io"`) - rowsBefore
 		if rows == 0 || rows > 10 {
 			t.Fatalf("datastore returned %v rows for 10 matches", rows)
+		}
+		if kept := s.Metric(t, "harikube_apiserver_pushdown_items_kept_total", `resource="gadgets.pushdown.harikube.io"`) - keptBefore; kept != 10 || rows < kept {
+			t.Fatalf("apiserver kept %v items of the datastore's %v rows, want 10", kept, rows)
 		}
 	})
 
@@ -184,6 +188,7 @@ func testPushdownAtScale(t *testing.T, datastoreArgs []string) {
 			t.Fatal(err)
 		}
 		defer w.Stop()
+		filteredBefore := s.Metric(t, "harikube_datastore_watch_events_filtered_total")
 		obj, err := dyn.Namespace("default").Create(ctx, gadget("watched", map[string]string{"watched": "yes"}, "red"), metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
@@ -218,6 +223,11 @@ func testPushdownAtScale(t *testing.T, datastoreArgs []string) {
 		}
 		if s.Metric(t, "harikube_apiserver_pushdown_requests_total", `verb="watch"`) < 1 {
 			t.Fatal("the watch was not pushed down")
+		}
+		// The unrelated create reached the datastore's watch before the
+		// DELETED event did, and was not sent.
+		if filtered := s.Metric(t, "harikube_datastore_watch_events_filtered_total") - filteredBefore; filtered < 1 {
+			t.Fatalf("harikube_datastore_watch_events_filtered_total rose by %v across an unrelated create", filtered)
 		}
 	})
 }

@@ -3,12 +3,14 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"debug/buildinfo"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -406,8 +408,33 @@ func TestRestartKeepsData(t *testing.T) {
 func TestVersionCommand(t *testing.T) {
 	t.Parallel()
 	out, code := runBinary(t, "version")
-	if code != 0 || !strings.Contains(out, "Kubernetes "+kubernetesVersion+"\n") {
-		t.Errorf("harikube version: exit code %d, output:\n%s\nwant a line 'Kubernetes %s'", code, out, kubernetesVersion)
+	// The Go toolchain's record of what the binary was built from.
+	info, err := buildinfo.ReadFile(testserver.Binary(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dep := map[string]string{}
+	for _, d := range info.Deps {
+		dep[d.Path] = d.Version
+		if d.Replace != nil {
+			dep[d.Path] = d.Replace.Version
+		}
+	}
+	want := []*regexp.Regexp{
+		regexp.MustCompile(`^harikube \S+$`),
+		regexp.MustCompile(`^Kubernetes ` + regexp.QuoteMeta(kubernetesVersion) + `$`),
+		regexp.MustCompile(`^Kine ` + regexp.QuoteMeta(dep["github.com/k3s-io/kine"]) + `$`),
+		regexp.MustCompile(`^SQLite 3\.\d+\.\d+ \(modernc\.org/sqlite ` + regexp.QuoteMeta(dep["modernc.org/sqlite"]) + `\)$`),
+		regexp.MustCompile(`^Go ` + regexp.QuoteMeta(info.GoVersion) + `$`),
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 0 || len(lines) != len(want) {
+		t.Fatalf("harikube version: exit code %d, %d lines, want %d:\n%s", code, len(lines), len(want), out)
+	}
+	for i, re := range want {
+		if !re.MatchString(lines[i]) {
+			t.Errorf("harikube version line %d: %q, want %s", i+1, lines[i], re)
+		}
 	}
 }
 
