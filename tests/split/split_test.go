@@ -179,6 +179,13 @@ func TestSplitDatastores(t *testing.T) {
 	createCRD(t, s, "widgets", "Widget")
 	createCRD(t, s, "gadgets", "Gadget")
 	dyn := dynamic.NewForConfigOrDie(s.Config)
+	overrides := 0
+	for _, a := range overrideArgs {
+		if strings.HasPrefix(a, "--datastore-override=") {
+			overrides++
+		}
+	}
+	checkReadyzPerDatastore(t, s, overrides)
 
 	const n = 60
 	for _, k := range ks {
@@ -733,5 +740,24 @@ func TestBadOverrides(t *testing.T) {
 	out, _ := cmd.CombinedOutput()
 	if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(string(out), "override that resource instead (e.g. /events") {
 		t.Errorf("override of events.k8s.io/events: exit %d, want 1 naming /events:\n%s", code, lastLines(string(out), 5))
+	}
+}
+
+// checkReadyzPerDatastore: /readyz has an etcd-override-N check for each of
+// the overrides (upstream's own check for a --etcd-servers-overrides entry),
+// each passing.
+func checkReadyzPerDatastore(t *testing.T, s *testserver.Server, overrides int) {
+	t.Helper()
+	body, err := s.Client.Discovery().RESTClient().Get().AbsPath("/readyz").Param("verbose", "true").DoRaw(context.Background())
+	if err != nil {
+		t.Fatalf("/readyz?verbose: %v\n%s", err, body)
+	}
+	for i := range overrides {
+		if want := fmt.Sprintf("[+]etcd-override-%d ok", i); !strings.Contains(string(body), want) {
+			t.Errorf("/readyz?verbose has no %q:\n%s", want, body)
+		}
+	}
+	if n := strings.Count(string(body), "etcd-override-"); n < overrides {
+		t.Errorf("/readyz?verbose names %d etcd-override checks, want at least %d", n, overrides)
 	}
 }
