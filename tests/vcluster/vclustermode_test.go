@@ -66,20 +66,7 @@ func TestServiceCIDRFromHost(t *testing.T) {
 		t.Parallel()
 		host := newHostCluster(t, "10.43.0.0/16", "")
 		p, _ := startInPod(t, host)
-		select {
-		case <-p.done:
-		case <-time.After(3 * time.Minute):
-			t.Fatal("harikube server --vcluster still runs without a service CIDR to use")
-		}
-		out, _ := os.ReadFile(p.log)
-		if p.code == 0 {
-			t.Errorf("exit code 0 without a service CIDR")
-		}
-		for _, want := range []string{vcluster.ServiceCIDRAnnotation, "Service kine/kine", "pass --service-cidr"} {
-			if !strings.Contains(string(out), want) {
-				t.Errorf("error output lacks %q:\n%s", want, vclusterimage.Tail(p.log, 10))
-			}
-		}
+		expectRefusal(t, p, "without a service CIDR to use", vcluster.ServiceCIDRAnnotation, "Service kine/kine", "pass --service-cidr")
 	})
 	t.Run("NoService", func(t *testing.T) {
 		t.Parallel()
@@ -88,20 +75,7 @@ func TestServiceCIDRFromHost(t *testing.T) {
 			t.Fatal(err)
 		}
 		p, _ := startInPod(t, host)
-		select {
-		case <-p.done:
-		case <-time.After(3 * time.Minute):
-			t.Fatal("harikube server --vcluster still runs without the vCluster's host Service")
-		}
-		out, _ := os.ReadFile(p.log)
-		if p.code == 0 {
-			t.Errorf("exit code 0 without the vCluster's host Service")
-		}
-		for _, want := range []string{"Service kine/kine does not exist on the host cluster", "pass --service-cidr"} {
-			if !strings.Contains(string(out), want) {
-				t.Errorf("error output lacks %q:\n%s", want, vclusterimage.Tail(p.log, 10))
-			}
-		}
+		expectRefusal(t, p, "without the vCluster's host Service", "Service kine/kine does not exist on the host cluster", "pass --service-cidr")
 	})
 	t.Run("ExplicitWins", func(t *testing.T) {
 		t.Parallel()
@@ -111,6 +85,27 @@ func TestServiceCIDRFromHost(t *testing.T) {
 		checkServiceCIDR(t, kubernetes.NewForConfigOrDie(restConfig(t, kubeconfig)), "172.30.0.1", "172.30.9.9", "10.43.0.10")
 		p.stop(t)
 	})
+}
+
+// expectRefusal: p (harikube server --vcluster, started in a situation
+// described by why) exits non-zero within three minutes and its output holds
+// every one of wants.
+func expectRefusal(t *testing.T, p *process, why string, wants ...string) {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(3 * time.Minute):
+		t.Fatalf("harikube server --vcluster still runs %s", why)
+	}
+	out, _ := os.ReadFile(p.log)
+	if p.code == 0 {
+		t.Errorf("exit code 0 %s", why)
+	}
+	for _, want := range wants {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("error output lacks %q:\n%s", want, vclusterimage.Tail(p.log, 10))
+		}
+	}
 }
 
 // checkServiceCIDR: the kubernetes Service has the range's first IP, a
