@@ -36,7 +36,8 @@ type cluster struct {
 	port           int
 	adminConf      string
 	procs          []*process
-	kineMetrics    string // URL of kine's /metrics, when it serves one
+	kineMetrics    string   // URL of kine's /metrics, when it serves one
+	env            []string // added to every process's environment
 	// host, when set, is the host cluster the processes reach as the
 	// syncer's children do: from inside the pod (hostCluster.podArgs).
 	host *hostCluster
@@ -55,9 +56,9 @@ func newCluster(t *testing.T) *cluster {
 
 func (c *cluster) start(t *testing.T, name string, args []string) *process {
 	t.Helper()
-	var env []string
+	env := c.env
 	if c.host != nil {
-		args, env = c.host.podArgs(args), c.host.podEnv()
+		args, env = c.host.podArgs(args), append(c.host.podEnv(), c.env...)
 	}
 	p := startProcess(t, name, c.data, c.binaries, args, env)
 	c.procs = append(c.procs, p)
