@@ -46,8 +46,8 @@ type Options struct {
 	// objects, before its idle memory is read; at least the controller
 	// manager's start-up syncs.
 	IdleDuration time.Duration
-	// ChurnObjects bounds the extra widgets each size creates, then times
-	// the updates and deletes of (at most N of them).
+	// ChurnObjects caps the extra widgets each size creates, updates and
+	// deletes (at most N).
 	ChurnObjects int
 	// Mixed is the mixed workload, run in each mode after the last size;
 	// a zero Duration skips it.
@@ -118,8 +118,8 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	}
 	con := newConsole(opts.Out)
 	rep := newReport(opts)
-	con.printf("harikube bench: sizes %v, modes %v, %d timed runs per LIST (at most %s each), %d watch samples, %d seeding clients\n",
-		opts.Sizes, ModeNames(opts.Modes), opts.Repetition.Runs, opts.Repetition.Budget, opts.WatchSamples, opts.Workers)
+	con.printf("harikube bench: sizes %v, modes %v, %d timed runs per LIST (at most %s each), %d watch samples, %d seeding clients, idle %s, %d churn widgets\n",
+		opts.Sizes, ModeNames(opts.Modes), opts.Repetition.Runs, opts.Repetition.Budget, opts.WatchSamples, opts.Workers, opts.IdleDuration, opts.ChurnObjects)
 	var memCap *memoryCap
 	if opts.MemoryLimit > 0 {
 		var release func() error
@@ -200,6 +200,12 @@ func (o *Options) complete() error {
 	}
 	if o.Mixed.Clients < 1 {
 		o.Mixed.Clients = 20
+	}
+	if o.IdleDuration <= 0 {
+		o.IdleDuration = 10 * time.Second
+	}
+	if o.ChurnObjects < 1 {
+		o.ChurnObjects = 2000
 	}
 	if o.Workers < 1 {
 		o.Workers = 1

@@ -22,6 +22,8 @@ type Report struct {
 	BudgetSecs   float64    `json:"list_budget_seconds"`
 	WatchSamples int        `json:"watch_samples"`
 	Workers      int        `json:"seeding_clients"`
+	IdleSecs     float64    `json:"idle_seconds"`
+	ChurnObjects int        `json:"churn_objects"`
 	Results      []Result   `json:"results"`
 	// Mixed is the mixed workload in each mode.
 	Mixed   []MixedResult `json:"mixed,omitempty"`
@@ -52,7 +54,7 @@ func newReport(opts Options) *Report {
 	r := &Report{
 		Started: time.Now().UTC(), Command: opts.Command, Host: hostInfo(), Sizes: opts.Sizes,
 		Runs: opts.Repetition.Runs, BudgetSecs: opts.Repetition.Budget.Seconds(),
-		WatchSamples: opts.WatchSamples, Workers: opts.Workers,
+		WatchSamples: opts.WatchSamples, Workers: opts.Workers, IdleSecs: opts.IdleDuration.Seconds(), ChurnObjects: opts.ChurnObjects,
 	}
 	for _, m := range opts.Modes {
 		r.Modes = append(r.Modes, ModeInfo{Name: m.Name, Description: m.Description, ServerArgs: m.ServerArgs, Etcd: m.Etcd})

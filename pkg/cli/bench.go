@@ -88,7 +88,7 @@ where PostgreSQL is not installed).`,
 		},
 	}
 	f := c.Flags()
-	f.BoolVar(&quick, "quick", false, "a run of about five minutes: "+quickSummary()+" (a flag given explicitly wins)")
+	f.BoolVar(&quick, "quick", false, "a run of a few minutes (about seven on two cores): "+quickSummary()+" (a flag given explicitly wins)")
 	f.StringVar(&sizes, "sizes", "1000,10000,100000", "comma-separated numbers of objects, e.g. 1000,5000")
 	f.StringVar(&modes, "modes", "all", "comma-separated modes: "+strings.Join(bench.ModeNames(bench.Modes), ",")+"; also (not in all): "+strings.Join(bench.ModeNames(bench.OptionalModes), ","))
 	f.StringVar(&opts.JSONPath, "json", "bench-results.json", "write the results as JSON to this file (empty: none)")
@@ -148,8 +148,8 @@ func parseSizes(list string) ([]int, error) {
 }
 
 // quickDefaults are the values --quick gives the flags the command line
-// leaves unset: both sizes with every mode and workload, in about five
-// minutes on two cores, where the full run takes most of an hour.
+// leaves unset: both sizes with every mode and workload, in minutes where
+// the full run takes most of an hour.
 var quickDefaults = []struct{ flag, value string }{
 	{"sizes", "1000,10000"},
 	{"budget", "500ms"},

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -85,8 +86,12 @@ func sqliteDatabase(dataDir, endpoint string) (string, error) {
 	scheme, rest, ok := strings.Cut(endpoint, "://")
 	switch {
 	case ok && scheme == "sqlite":
-		path, _, _ := strings.Cut(rest, "?")
-		return strings.TrimPrefix(path, "file:"), nil
+		path, query, _ := strings.Cut(rest, "?")
+		path = strings.TrimPrefix(path, "file:")
+		if path == "" || path == ":memory:" || strings.Contains(query, "mode=memory") {
+			return "", fmt.Errorf("datastore endpoint %q: snapshots need the database file the server uses, e.g. sqlite:///var/lib/harikube/db/state.db", endpoint)
+		}
+		return path, nil
 	case ok && (scheme == "postgres" || scheme == "postgresql"):
 		database := "kubernetes"
 		if u, err := url.Parse(endpoint); err == nil && strings.Trim(u.Path, "/") != "" {
@@ -170,6 +175,17 @@ func newSnapshotRestoreCommand() *cobra.Command {
 			database, err := sqliteDatabase(dataDir, endpoint)
 			if err != nil {
 				return err
+			}
+			if endpoint != "" {
+				// The data directory's lock is all that keeps restore from
+				// replacing a running server's database: it must be that
+				// server's directory, not a default created here.
+				if !c.Flags().Changed("data-dir") {
+					return errors.New("--datastore-endpoint: pass the server's --data-dir too; restore takes its lock so that it cannot replace the database of a running server")
+				}
+				if _, err := os.Stat(dataDir); err != nil {
+					return fmt.Errorf("--data-dir %s: %w; with --datastore-endpoint, name the data directory of the server that uses %s", dataDir, err, database)
+				}
 			}
 			if err := os.MkdirAll(dataDir, 0o700); err != nil {
 				return fmt.Errorf("create data directory %s: %w", dataDir, err)

@@ -142,20 +142,28 @@ func TestBenchAllModes(t *testing.T) {
 // server flags are refused before any server starts.
 func TestBenchRejectsBadFlags(t *testing.T) {
 	bin := testserver.Binary(t)
-	for _, args := range [][]string{
-		{"--modes", "harikube,nosuch"},
-		{"--sizes", "1000,x"},
-		{"--sizes", "5"},
-		{"--memory-limit", "lots"},
-		{"--churn-objects", "0"},
-		{"--idle-duration", "0s"},
-		{"--server-arg", "kube-apiserver-arg=request-timeout=1m"},
+	for _, tc := range []struct {
+		args []string
+		want string // in the message
+	}{
+		{[]string{"--modes", "harikube,nosuch"}, `unknown mode "nosuch"`},
+		{[]string{"--sizes", "1000,x"}, "--sizes"},
+		{[]string{"--sizes", "5"}, "size 5"},
+		{[]string{"--memory-limit", "lots"}, "--memory-limit"},
+		{[]string{"--churn-objects", "0"}, "--churn-objects"},
+		{[]string{"--idle-duration", "0s"}, "--idle-duration"},
+		{[]string{"--server-arg", "kube-apiserver-arg=request-timeout=1m"}, "--server-arg"},
 	} {
-		out, err := exec.Command(bin, append([]string{"bench", "--json", ""}, args...)...).CombinedOutput()
-		if err == nil {
-			t.Errorf("bench %v: exit 0, want an error\n%s", args, out)
+		// Small, so that a flag no longer refused ends the run soon.
+		args := append([]string{"bench", "--json", "", "--chart", "", "--modes", "harikube", "--sizes", "10",
+			"--mixed-duration", "0", "--history-objects", "0"}, tc.args...)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+		cancel()
+		if err == nil || !strings.Contains(string(out), tc.want) {
+			t.Errorf("bench %v: %v, want an error saying %q:\n%s", tc.args, err, tc.want, out)
 		} else if strings.Contains(string(out), "server ready") {
-			t.Errorf("bench %v started a server before failing:\n%s", args, out)
+			t.Errorf("bench %v started a server before failing:\n%s", tc.args, out)
 		}
 	}
 }

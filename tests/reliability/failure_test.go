@@ -116,8 +116,8 @@ func fileHash(t *testing.T, path string) [32]byte {
 }
 
 // TestCorruptDatabase: a database file that is not SQLite, or whose schema
-// is damaged, stops the start with one clear line naming the file and a
-// non-zero exit, in seconds, and the file is left byte for byte as it was.
+// is damaged, stops the start with one clear line naming the file and exit
+// status 1, in seconds, and the file is left byte for byte as it was.
 // A file damaged beyond the schema (truncated) may only be found when the
 // data is read: the start must then fail too, or serve — but never rewrite
 // the file into something else silently.

@@ -741,8 +741,9 @@ func TestScheduleOnPostgres(t *testing.T) {
 
 // TestRestoreToEndpoint: a server whose --datastore-endpoint names a SQLite
 // file outside its data directory is saved and restored through the same
-// flag; the restored file serves what the snapshot held, and the file it
-// replaced is kept aside beside it.
+// flag; restore is refused while that server runs or without its data
+// directory; the restored file serves what the snapshot held, and the file
+// it replaced is kept aside beside it.
 func TestRestoreToEndpoint(t *testing.T) {
 	ctx := context.Background()
 	dataDir := t.TempDir()
@@ -766,6 +767,16 @@ func TestRestoreToEndpoint(t *testing.T) {
 	}
 	if _, err := s.Client.CoreV1().ConfigMaps("default").Create(ctx, cm("after-snapshot"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
+	}
+	// Refused while the server runs, and without the server's data
+	// directory, whose lock is what tells.
+	out, code = runBinary(t, "snapshot", "restore", "--data-dir", dataDir, "--datastore-endpoint", endpoint, files[0])
+	if code == 0 || !strings.Contains(out, "restore needs the server stopped") {
+		t.Errorf("restore --datastore-endpoint into a running server: exit %d\n%s", code, out)
+	}
+	out, code = runBinary(t, "snapshot", "restore", "--datastore-endpoint", endpoint, files[0])
+	if code == 0 || !strings.Contains(out, "pass the server's --data-dir too") {
+		t.Errorf("restore --datastore-endpoint without --data-dir: exit %d\n%s", code, out)
 	}
 	s.Stop(t)
 

@@ -743,9 +743,9 @@ func TestBadOverrides(t *testing.T) {
 	}
 }
 
-// checkReadyzPerDatastore: /readyz has an etcd-override-N check for each of
-// the overrides (upstream's own check for a --etcd-servers-overrides entry),
-// each passing.
+// checkReadyzPerDatastore: /readyz has upstream's etcd-override-N and
+// etcd-override-readiness-N checks for each --etcd-servers-overrides entry
+// harikube passes, one per override, each passing.
 func checkReadyzPerDatastore(t *testing.T, s *testserver.Server, overrides int) {
 	t.Helper()
 	body, err := s.Client.Discovery().RESTClient().Get().AbsPath("/readyz").Param("verbose", "true").DoRaw(context.Background())
@@ -753,11 +753,13 @@ func checkReadyzPerDatastore(t *testing.T, s *testserver.Server, overrides int) 
 		t.Fatalf("/readyz?verbose: %v\n%s", err, body)
 	}
 	for i := range overrides {
-		if want := fmt.Sprintf("[+]etcd-override-%d ok", i); !strings.Contains(string(body), want) {
-			t.Errorf("/readyz?verbose has no %q:\n%s", want, body)
+		for _, want := range []string{fmt.Sprintf("[+]etcd-override-%d ok", i), fmt.Sprintf("[+]etcd-override-readiness-%d ok", i)} {
+			if !strings.Contains(string(body), want) {
+				t.Errorf("/readyz?verbose has no %q:\n%s", want, body)
+			}
 		}
 	}
-	if n := strings.Count(string(body), "etcd-override-"); n < overrides {
-		t.Errorf("/readyz?verbose names %d etcd-override checks, want at least %d", n, overrides)
+	if extra := fmt.Sprintf("etcd-override-%d ", overrides); strings.Contains(string(body), extra) {
+		t.Errorf("/readyz?verbose has a check %q beyond the %d overrides:\n%s", extra, overrides, body)
 	}
 }
