@@ -2,12 +2,10 @@ package vcluster
 
 import (
 	"context"
-	"fmt"
 	"strconv"
 	"strings"
 	"testing"
 
-	corev1 "k8s.io/api/core/v1"
 	apiextensionsclient "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -37,16 +35,7 @@ func TestRoleEnvironment(t *testing.T) {
 	client := kubernetes.NewForConfigOrDie(admin)
 	ctx := context.Background()
 
-	for i := range 8 {
-		ev := &corev1.Event{
-			ObjectMeta:     metav1.ObjectMeta{Name: fmt.Sprintf("probe-%d", i), Namespace: "default", Labels: map[string]string{"probe": strconv.Itoa(i % 2)}},
-			InvolvedObject: corev1.ObjectReference{Kind: "Pod", Name: "p", Namespace: "default"},
-			Reason:         "Probe", Message: "m", Type: corev1.EventTypeNormal,
-		}
-		if _, err := client.CoreV1().Events("default").Create(ctx, ev, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	createProbeEvents(t, client)
 	list, err := client.CoreV1().Events("default").List(ctx, metav1.ListOptions{LabelSelector: "probe=1"})
 	if err != nil {
 		t.Fatal(err)

@@ -286,16 +286,7 @@ func checkSyncerContract(t *testing.T, c *cluster) {
 	t.Run("SelectorPushdown", func(t *testing.T) {
 		// Events are not in the watch cache (upstream), so their LISTs
 		// reach the storage decorator.
-		for i := 0; i < 8; i++ {
-			ev := &corev1.Event{
-				ObjectMeta:     metav1.ObjectMeta{Name: fmt.Sprintf("probe-%d", i), Namespace: "default", Labels: map[string]string{"probe": strconv.Itoa(i % 2)}},
-				InvolvedObject: corev1.ObjectReference{Kind: "Pod", Name: fmt.Sprintf("p%d", i%4), Namespace: "default"},
-				Reason:         "Probe", Message: "m", Type: corev1.EventTypeNormal,
-			}
-			if _, err := client.CoreV1().Events("default").Create(ctx, ev, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-		}
+		createProbeEvents(t, client)
 		before := metricSum(t, scrapeAPIServer(t, client), "harikube_apiserver_pushdown_requests_total", `resource="events"`, `verb="list"`)
 		var kineBefore float64
 		if c.kineMetrics != "" {
@@ -328,6 +319,23 @@ func checkSyncerContract(t *testing.T, c *cluster) {
 			}
 		}
 	})
+}
+
+// createProbeEvents creates 8 Events in default: probe-i labelled
+// probe=<i%2>, about Pod p<i%4>; so probe=1 selects 4 and
+// involvedObject.name=p1 selects 2.
+func createProbeEvents(t *testing.T, client kubernetes.Interface) {
+	t.Helper()
+	for i := range 8 {
+		ev := &corev1.Event{
+			ObjectMeta:     metav1.ObjectMeta{Name: fmt.Sprintf("probe-%d", i), Namespace: "default", Labels: map[string]string{"probe": strconv.Itoa(i % 2)}},
+			InvolvedObject: corev1.ObjectReference{Kind: "Pod", Name: fmt.Sprintf("p%d", i%4), Namespace: "default"},
+			Reason:         "Probe", Message: "m", Type: corev1.EventTypeNormal,
+		}
+		if _, err := client.CoreV1().Events("default").Create(context.Background(), ev, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func scrapeAPIServer(t *testing.T, client kubernetes.Interface) string {
