@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -176,6 +177,7 @@ func TestSplitDatastores(t *testing.T) {
 	ks, overrideArgs := kinds(dir, pgDSN)
 	s := testserver.Start(t, append([]string{"--data-dir", dir}, overrideArgs...)...)
 	ctx := context.Background()
+	checkUnservedOverrideWarning(t, s)
 	createCRD(t, s, "widgets", "Widget")
 	createCRD(t, s, "gadgets", "Gadget")
 	dyn := dynamic.NewForConfigOrDie(s.Config)
@@ -740,6 +742,31 @@ func TestBadOverrides(t *testing.T) {
 	out, _ := cmd.CombinedOutput()
 	if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(string(out), "override that resource instead (e.g. /events") {
 		t.Errorf("override of events.k8s.io/events: exit %d, want 1 naming /events:\n%s", code, lastLines(string(out), 5))
+	}
+}
+
+// checkUnservedOverrideWarning: the widgets override names a custom
+// resource whose definition comes after the start; the server warns about
+// it, and about no resource it serves. The check ends before the server
+// logs its API URL, so the definitions are created only after that line.
+func checkUnservedOverrideWarning(t *testing.T, s *testserver.Server) {
+	t.Helper()
+	var log []byte
+	err := wait.PollUntilContextTimeout(context.Background(), 250*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		var err error
+		log, err = os.ReadFile(s.LogPath)
+		return bytes.Contains(log, []byte("API server: ")), err
+	})
+	if err != nil {
+		t.Fatalf("the server did not log its API URL: %v", err)
+	}
+	const warning = "the API serves no such resource yet (a custom resource's definition may come later)"
+	var warned []string
+	for _, m := range regexp.MustCompile(`--datastore-override (\S*): `+regexp.QuoteMeta(warning)).FindAllSubmatch(log, -1) {
+		warned = append(warned, string(m[1]))
+	}
+	if want := []string{group + "/widgets"}; !slices.Equal(warned, want) {
+		t.Errorf("warnings for overrides of unserved resources: %q, want %q", warned, want)
 	}
 }
 
