@@ -66,13 +66,17 @@ func (c *cluster) start(t *testing.T, name string, args []string) *process {
 }
 
 // TestVCluster030 replays vCluster 0.30 (0.25 to 0.32) in embedded-database
-// mode with the per-component contract: the syncer's kine (played by
-// harikube's kine role) on unix:///data/kine.sock, then /binaries/kube-apiserver
-// and /binaries/kube-controller-manager with the syncer's default flags.
+// mode with the per-component contract: the syncer image's own kine (the
+// stock k3s-io/kine v0.14.4, built from its module) on
+// unix:///data/kine.sock, then /binaries/kube-apiserver and
+// /binaries/kube-controller-manager with the syncer's default flags. That
+// kine ignores the selection, so the apiserver's filtering is what answers.
 func TestVCluster030(t *testing.T) {
 	t.Parallel()
+	kine := stockKine(t)
 	c := newCluster(t)
-	c.replayPerComponent(t, v030KineArgs(c.binaries+"/kine", c.data), signingAfterClusterName)
+	c.replayPerComponent(t, v030KineArgs(kine, c.data), signingAfterClusterName,
+		checkStockKineSelectors, checkSkipGCAndQuota, checkSharedEtcdClient)
 }
 
 // TestVCluster036 replays vCluster 0.33+ (argument lists as of 0.36): kine
