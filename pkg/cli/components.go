@@ -373,6 +373,7 @@ func serveKine(c *cli.Context, args []string) error {
 
 	ep := c.String("endpoint")
 	var wait func()
+	var failed <-chan error // nil: the stock driver reports nothing
 	scheme, _, _ := strings.Cut(ep, "://")
 	if ep == "" || indexedSchemes[scheme] {
 		ds, err := datastore.Start(ctx, datastore.Options{
@@ -387,7 +388,7 @@ func serveKine(c *cli.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		wait = ds.Wait
+		wait, failed = ds.Wait, ds.Failed()
 		logrus.Infof("Kine (harikube indexing driver) serving %s", ds.Endpoint)
 	} else {
 		cfg := app.Config(args)
@@ -408,8 +409,16 @@ func serveKine(c *cli.Context, args []string) error {
 	}
 	go kinemetrics.Serve(ctx, mc)
 
-	<-ctx.Done()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-failed:
+		cancel()
+	}
 	wait()
+	if err != nil {
+		return fmt.Errorf("%s: %w", roleKine, err)
+	}
 	logrus.Infof("%s stopped", roleKine)
 	return nil
 }

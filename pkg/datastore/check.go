@@ -107,7 +107,7 @@ func CheckPostgres(ctx context.Context, endpoint string, t tls.Config) (*CheckRe
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
-	if err := holdWriterLock(ctx, &wg, c); err != nil {
+	if err := holdWriterLock(ctx, &wg, c, nil); err != nil {
 		return nil, fmt.Errorf("%w (the check needs the server stopped)", err)
 	}
 	db := stdlib.OpenDB(*c)

@@ -72,7 +72,8 @@ type Datastore struct {
 	Name    string
 	backend *backend // nil for the unindexed baseline
 	wg      *sync.WaitGroup
-	checker *checker // nil for the stock driver
+	checker *checker   // nil for the stock driver
+	failed  chan error // nil for the stock driver
 }
 
 // SocketPath is where the etcd API is served for a data directory.
@@ -146,7 +147,8 @@ func Start(ctx context.Context, opts Options) (*Datastore, error) {
 	cfg.Endpoint = scheme + "://" + dsn
 	var w *wiring
 	if !opts.Unindexed {
-		w = &wiring{shared: opts.MetricsRegisterer, registry: opts.Registry, metrics: newMetrics()}
+		w = &wiring{shared: opts.MetricsRegisterer, registry: opts.Registry, metrics: newMetrics(), failed: make(chan error, 1)}
+		ds.failed = w.failed
 		if opts.MetricsRegisterer != nil {
 			w.labelled = prometheus.WrapRegistererWith(prometheus.Labels{"datastore": name}, opts.MetricsRegisterer)
 		}
@@ -184,6 +186,11 @@ const walSizeLimit = "&_pragma=journal_size_limit(4194304)"
 
 // Wait blocks until the datastore has shut down after its context ended.
 func (d *Datastore) Wait() { d.wg.Wait() }
+
+// Failed delivers the reason, should the datastore stop being safe to
+// write to while it runs (another harikube took its PostgreSQL database);
+// the process should then stop.
+func (d *Datastore) Failed() <-chan error { return d.failed }
 
 // prepareSQLiteFile creates the database directory and file with owner-only
 // permissions (SQLite gives its -wal and -shm files the same mode), and

@@ -79,7 +79,7 @@ func newPostgres(ctx context.Context, wg *sync.WaitGroup, cfg *drivers.Config) (
 	if err := createDatabase(ctx, connConfig); err != nil {
 		return false, nil, err
 	}
-	if err := holdWriterLock(ctx, wg, connConfig); err != nil {
+	if err := holdWriterLock(ctx, wg, connConfig, w.fail); err != nil {
 		return false, nil, err
 	}
 	g, err := generic.OpenDB(ctx, wg, "pgx", stdlib.GetConnector(*connConfig), cfg.ConnectionPoolConfig, "$", true, cfg.MetricsRegisterer)
@@ -198,32 +198,43 @@ const writerLockApp = "harikube datastore lock"
 // holdWriterLock takes the database's writer lock on a connection of its
 // own and keeps it until ctx ends. A second harikube on the same database
 // is refused: it would write rows the first one's index and coverage do not
-// know about, and both would compact and re-index the same rows.
-func holdWriterLock(ctx context.Context, wg *sync.WaitGroup, c *pgx.ConnConfig) error {
-	lc := c.Copy()
-	lc.RuntimeParams["application_name"] = writerLockApp
-	conn, err := pgx.ConnectConfig(ctx, lc)
+// know about, and both would compact and re-index the same rows. taken, if
+// not nil, is told when another harikube took the lock while this one's
+// session was lost.
+func holdWriterLock(ctx context.Context, wg *sync.WaitGroup, c *pgx.ConnConfig, taken func(error)) error {
+	conn, err := takeWriterLock(ctx, c)
 	if err != nil {
-		return fmt.Errorf("connect to PostgreSQL database %q: %w", c.Database, err)
-	}
-	var locked bool
-	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", int64(writerLockKey)).Scan(&locked); err != nil {
-		conn.Close(ctx)
-		return fmt.Errorf("lock PostgreSQL database %q: %w", c.Database, err)
-	}
-	if !locked {
-		holder := lockHolder(ctx, conn)
-		conn.Close(ctx)
-		return InUse(fmt.Sprintf("PostgreSQL database %q is in use by another harikube datastore%s: "+
-			"one server writes to a database at a time. Stop the other server, or give this one "+
-			"another database in its endpoint (e.g. postgres://…/%s-2)", c.Database, holder, c.Database))
+		return err
 	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		watchWriterLock(ctx, conn, c.Database)
+		watchWriterLock(ctx, conn, c, taken)
 	}()
 	return nil
+}
+
+// takeWriterLock connects and takes the lock, or says who holds it.
+func takeWriterLock(ctx context.Context, c *pgx.ConnConfig) (*pgx.Conn, error) {
+	lc := c.Copy()
+	lc.RuntimeParams["application_name"] = writerLockApp
+	conn, err := pgx.ConnectConfig(ctx, lc)
+	if err != nil {
+		return nil, fmt.Errorf("connect to PostgreSQL database %q: %w", c.Database, err)
+	}
+	var locked bool
+	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", int64(writerLockKey)).Scan(&locked); err != nil {
+		conn.Close(ctx)
+		return nil, fmt.Errorf("lock PostgreSQL database %q: %w", c.Database, err)
+	}
+	if !locked {
+		holder := lockHolder(ctx, conn)
+		conn.Close(ctx)
+		return nil, InUse(fmt.Sprintf("PostgreSQL database %q is in use by another harikube datastore%s: "+
+			"one server writes to a database at a time. Stop the other server, or give this one "+
+			"another database in its endpoint (e.g. postgres://…/%s-2)", c.Database, holder, c.Database))
+	}
+	return conn, nil
 }
 
 // lockHolder describes the session holding the writer lock, for the error.
@@ -241,11 +252,20 @@ func lockHolder(ctx context.Context, conn *pgx.Conn) string {
 	return fmt.Sprintf(" (connected from %s since %s, PostgreSQL backend pid %d)", addr, started, pid)
 }
 
-// watchWriterLock keeps the lock's connection until ctx ends and says so
-// loudly if it is lost (the PostgreSQL server restarted, the session was
-// terminated): another server could then take the database.
-func watchWriterLock(ctx context.Context, conn *pgx.Conn, database string) {
+// writerLockCheckInterval is how often the lock's session is checked, and
+// how often the lock is tried again once it is lost.
+const writerLockCheckInterval = 5 * time.Second
+
+// watchWriterLock keeps the lock's connection until ctx ends. A session
+// lost with the database (PostgreSQL restarted or failed over, the session
+// was terminated) takes its lock with it; the lock is taken again as soon as
+// the database answers. If another harikube took it meanwhile, taken is
+// told, since two servers must not write one database.
+func watchWriterLock(ctx context.Context, conn *pgx.Conn, c *pgx.ConnConfig, taken func(error)) {
 	defer func() {
+		if conn == nil {
+			return
+		}
 		// Unlock before closing: the server drops a closed session's locks
 		// only when its backend has exited, which a start or check right
 		// after this one could otherwise beat.
@@ -254,15 +274,37 @@ func watchWriterLock(ctx context.Context, conn *pgx.Conn, database string) {
 		_, _ = conn.Exec(ctx, "SELECT pg_advisory_unlock($1)", int64(writerLockKey))
 		conn.Close(ctx)
 	}()
+	var lostAt time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(30 * time.Second):
+		case <-time.After(writerLockCheckInterval):
 		}
-		if err := conn.Ping(ctx); err != nil && ctx.Err() == nil {
-			logrus.Errorf("Lost the writer lock on PostgreSQL database %q (%v): another harikube could now start writing to it; restart this server to take the lock again", database, err)
+		if conn != nil {
+			err := conn.Ping(ctx)
+			if err == nil || ctx.Err() != nil {
+				continue
+			}
+			logrus.Warnf("Lost the writer lock on PostgreSQL database %q with its session (%v): taking it again when the database answers", c.Database, err)
+			conn.Close(ctx)
+			conn, lostAt = nil, time.Now()
+		}
+		next, err := takeWriterLock(ctx, c)
+		switch {
+		case err == nil:
+			conn = next
+			logrus.Infof("Took the writer lock on PostgreSQL database %q again, %s after losing it", c.Database, time.Since(lostAt).Round(time.Second))
+		case errors.Is(err, ErrInUse):
+			err = fmt.Errorf("lost the writer lock with its session, and another harikube took it: %w", err)
+			if taken == nil {
+				logrus.Error(err)
+			} else {
+				taken(err)
+			}
 			return
+		case ctx.Err() == nil:
+			logrus.Debugf("Writer lock on PostgreSQL database %q not taken yet: %v", c.Database, err)
 		}
 	}
 }

@@ -21,7 +21,16 @@ type wiring struct {
 	shared   prometheus.Registerer // kine's process-wide collectors, without a label
 	registry *index.Registry
 	metrics  *metrics
-	built    *backend // set by the constructor
+	built    *backend   // set by the constructor
+	failed   chan error // what ends the datastore early; buffered, first only
+}
+
+// fail reports what stops the datastore from going on; the first report wins.
+func (w *wiring) fail(err error) {
+	select {
+	case w.failed <- err:
+	default:
+	}
 }
 
 var _ prometheus.Registerer = (*wiring)(nil)

@@ -23,8 +23,10 @@ var ErrNotInstalled = errors.New("PostgreSQL server binaries not found (install 
 // Server is a running private PostgreSQL.
 type Server struct {
 	dir, bin string
+	opts     string // the server's command-line settings
 	cred     *syscall.Credential
 	dbs      atomic.Int64
+	halted   bool
 }
 
 // BinDir finds the newest installed PostgreSQL server binaries.
@@ -118,15 +120,38 @@ func StartWith(parent string, c Config) (*Server, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	opts := fmt.Sprintf("-c listen_addresses='' -c unix_socket_directories=%s -c fsync=off -c max_connections=200", dir)
+	s.opts = fmt.Sprintf("-c listen_addresses='' -c unix_socket_directories=%s -c fsync=off -c max_connections=200", dir)
 	for _, setting := range c.Settings {
-		opts += " -c " + setting
+		s.opts += " -c " + setting
 	}
-	if err := s.run("pg_ctl", "-D", data, "-o", opts, "-l", filepath.Join(dir, "log"), "-w", "-t", "60", "start"); err != nil {
+	if err := s.start(); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
 	return s, nil
+}
+
+func (s *Server) start() error {
+	return s.run("pg_ctl", "-D", filepath.Join(s.dir, "data"), "-o", s.opts, "-l", filepath.Join(s.dir, "log"), "-w", "-t", "60", "start")
+}
+
+// Halt stops the server at once, as a crash or a failover would, and keeps
+// its data for Resume.
+func (s *Server) Halt() error {
+	if err := s.run("pg_ctl", "-D", filepath.Join(s.dir, "data"), "-m", "immediate", "-w", "stop"); err != nil {
+		return err
+	}
+	s.halted = true
+	return nil
+}
+
+// Resume starts a halted server again on the same data and socket.
+func (s *Server) Resume() error {
+	if err := s.start(); err != nil {
+		return err
+	}
+	s.halted = false
+	return nil
 }
 
 // configure writes c's files into the data directory.
@@ -174,7 +199,10 @@ func (s *Server) Dir() string { return s.dir }
 
 // Stop shuts the server down immediately and removes its directory.
 func (s *Server) Stop() error {
-	err := s.run("pg_ctl", "-D", filepath.Join(s.dir, "data"), "-m", "immediate", "-w", "stop")
+	var err error
+	if !s.halted {
+		err = s.run("pg_ctl", "-D", filepath.Join(s.dir, "data"), "-m", "immediate", "-w", "stop")
+	}
 	if rmErr := os.RemoveAll(s.dir); err == nil {
 		err = rmErr
 	}

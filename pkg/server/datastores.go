@@ -236,6 +236,28 @@ func (d *datastores) start(ctx context.Context, cfg Config, metrics prometheus.R
 	return nil
 }
 
+// failed delivers the first failure of a started datastore
+// (datastore.Datastore.Failed), until ctx ends.
+func (d *datastores) failed(ctx context.Context) <-chan error {
+	out := make(chan error, 1)
+	for _, s := range d.all {
+		if s.ds == nil || s.ds.Failed() == nil {
+			continue
+		}
+		go func() {
+			select {
+			case err := <-s.ds.Failed():
+				select {
+				case out <- fmt.Errorf("datastore %s: %w", s.name, err):
+				default:
+				}
+			case <-ctx.Done():
+			}
+		}()
+	}
+	return out
+}
+
 // Wait blocks until every started datastore has shut down.
 func (d *datastores) Wait() {
 	for _, s := range d.all {

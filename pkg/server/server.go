@@ -294,6 +294,8 @@ func Run(ctx context.Context, cfg Config) error {
 		apiDone <- nil
 	case err := <-cmDone:
 		runErr = fmt.Errorf("kube-controller-manager stopped: %w", errOrUnexpected(err))
+	case err := <-stores.failed(dsCtx):
+		runErr = err
 	}
 	stopCM()
 	waitTimeout(&cmWG, 10*time.Second)

@@ -316,6 +316,22 @@ func (s *Server) Stop(t testing.TB) int {
 	return code
 }
 
+// WaitExit waits up to timeout for the server to exit on its own and
+// returns its exit code; the test fails if it is still running then.
+func (s *Server) WaitExit(t testing.TB, timeout time.Duration) int {
+	t.Helper()
+	if s.done == nil {
+		t.Fatalf("harikube server was never started")
+	}
+	select {
+	case <-s.done:
+		return s.code
+	case <-time.After(timeout):
+		t.Fatalf("harikube server still running after %s\nlast log lines:\n%s", timeout, s.logTail())
+		return -1
+	}
+}
+
 // Kill sends SIGKILL and waits for the process to exit.
 func (s *Server) Kill(t testing.TB) {
 	t.Helper()
