@@ -19,14 +19,14 @@ func newServerCommand() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			setupLogging(debug)
-			server.TuneGarbageCollector()
+			ctx, cancel := signalContext()
+			defer cancel()
+			server.TuneGarbageCollector(ctx)
 			cfg.APIServerArgs = componentArgs(apiArgs)
 			cfg.ControllerManagerArgs = componentArgs(cmArgs)
 			if cfg.VCluster && !c.Flags().Changed("service-cidr") {
 				cfg.ServiceCIDR = "" // the host cluster's, as vCluster detected it
 			}
-			ctx, cancel := signalContext()
-			defer cancel()
 			return server.Run(ctx, cfg)
 		},
 	}

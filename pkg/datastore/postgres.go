@@ -188,12 +188,12 @@ func redactErr(err error) error {
 	return err
 }
 
-// writerLockKey is the session-level advisory lock a harikube datastore holds
+// WriterLockKey is the session-level advisory lock a harikube datastore holds
 // on its PostgreSQL database ("harikube" in ASCII).
-const writerLockKey = 0x68617269_6b756265
+const WriterLockKey = 0x68617269_6b756265
 
-// writerLockApp names the lock's connection in pg_stat_activity.
-const writerLockApp = "harikube datastore lock"
+// WriterLockApp names the lock's connection in pg_stat_activity.
+const WriterLockApp = "harikube datastore lock"
 
 // holdWriterLock takes the database's writer lock on a connection of its
 // own and keeps it until ctx ends. A second harikube on the same database
@@ -217,13 +217,13 @@ func holdWriterLock(ctx context.Context, wg *sync.WaitGroup, c *pgx.ConnConfig, 
 // takeWriterLock connects and takes the lock, or says who holds it.
 func takeWriterLock(ctx context.Context, c *pgx.ConnConfig) (*pgx.Conn, error) {
 	lc := c.Copy()
-	lc.RuntimeParams["application_name"] = writerLockApp
+	lc.RuntimeParams["application_name"] = WriterLockApp
 	conn, err := pgx.ConnectConfig(ctx, lc)
 	if err != nil {
 		return nil, fmt.Errorf("connect to PostgreSQL database %q: %w", c.Database, err)
 	}
 	var locked bool
-	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", int64(writerLockKey)).Scan(&locked); err != nil {
+	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", int64(WriterLockKey)).Scan(&locked); err != nil {
 		conn.Close(ctx)
 		return nil, fmt.Errorf("lock PostgreSQL database %q: %w", c.Database, err)
 	}
@@ -245,7 +245,7 @@ func lockHolder(ctx context.Context, conn *pgx.Conn) string {
 		FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
 		WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 		AND l.classid = $1 AND l.objid = $2 AND l.objsubid = 1 LIMIT 1`,
-		int64(writerLockKey>>32), int64(writerLockKey&0xffffffff)).Scan(&pid, &addr, &started)
+		int64(WriterLockKey>>32), int64(WriterLockKey&0xffffffff)).Scan(&pid, &addr, &started)
 	if err != nil {
 		return ""
 	}
@@ -271,7 +271,7 @@ func watchWriterLock(ctx context.Context, conn *pgx.Conn, c *pgx.ConnConfig, tak
 		// after this one could otherwise beat.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		_, _ = conn.Exec(ctx, "SELECT pg_advisory_unlock($1)", int64(writerLockKey))
+		_, _ = conn.Exec(ctx, "SELECT pg_advisory_unlock($1)", int64(WriterLockKey))
 		conn.Close(ctx)
 	}()
 	var lostAt time.Time

@@ -1,10 +1,14 @@
 package server
 
 import (
+	"context"
+	"fmt"
 	"math"
 	"os"
 	"runtime/debug"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/KimMachineGun/automemlimit/memlimit"
 )
@@ -53,17 +57,20 @@ func TestGoMemoryLimitLeavesGOMEMLIMITAlone(t *testing.T) {
 	}
 }
 
-func TestGCPercentDefaultsTo50UnlessGOGCIsSet(t *testing.T) {
+func TestGCPercentTunedUnlessGOGCIsSet(t *testing.T) {
 	t.Cleanup(func() { debug.SetGCPercent(100); debug.SetMemoryLimit(math.MaxInt64) })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	unsetenv(t, "GOGC")
 	debug.SetGCPercent(100)
-	TuneGarbageCollector()
-	if got := debug.SetGCPercent(100); got != defaultGCPercent {
-		t.Errorf("GOGC unset: GC percent %d, want %d", got, defaultGCPercent)
+	TuneGarbageCollector(ctx)
+	// The start is at the idle target; TestIdleTuner covers the rest.
+	if got := debug.SetGCPercent(100); got != idleGCPercent {
+		t.Errorf("GOGC unset: GC percent %d at the start, want %d", got, idleGCPercent)
 	}
 	t.Setenv("GOGC", "200")
 	debug.SetGCPercent(200)
-	TuneGarbageCollector()
+	TuneGarbageCollector(ctx)
 	if got := debug.SetGCPercent(100); got != 200 {
 		t.Errorf("GOGC=200: GC percent %d", got)
 	}
@@ -89,5 +96,43 @@ func TestGoMemoryLimitFollowsAUTOMEMLIMIT(t *testing.T) {
 	}
 	if l, want := debug.SetMemoryLimit(-1), int64(cgroupLimit/2); l != want {
 		t.Errorf("AUTOMEMLIMIT=0.5: Go limit %d, want %d (half the cgroup's 1 GiB)", l, want)
+	}
+}
+
+// fakeCollector records what the tuner asks of the runtime.
+type fakeCollector struct{ calls []string }
+
+func (f *fakeCollector) allocatedBytes() uint64 { return 0 }
+func (f *fakeCollector) setGCPercent(p int)     { f.calls = append(f.calls, fmt.Sprintf("gogc %d", p)) }
+func (f *fakeCollector) release()               { f.calls = append(f.calls, "release") }
+
+func TestIdleTuner(t *testing.T) {
+	const mib = 1 << 20
+	start := time.Unix(0, 0)
+	for _, tc := range []struct {
+		name  string
+		rates []float64 // one check every idleCheckInterval
+		want  []string  // after the start at the idle target
+	}{
+		{"idle from the start stays so", []float64{0.4 * mib, 0.2 * mib, 1.5 * mib}, nil},
+		{"busy at the first check", []float64{50 * mib, 3 * mib, 1.5 * mib}, []string{"gogc 50"}},
+		{"idle again lowers the target and releases once", []float64{50 * mib, 0.4 * mib, 0.2 * mib}, []string{"gogc 50", "gogc 10", "release"}},
+		{"between the thresholds nothing changes", []float64{50 * mib, 1.5 * mib, 0.5 * mib, 1.9 * mib}, []string{"gogc 50", "gogc 10", "release"}},
+		// Idle again within minReleaseInterval: only the target drops.
+		{"releases at most once a minute", []float64{50 * mib, 0.5 * mib, 30 * mib, 0.5 * mib},
+			[]string{"gogc 50", "gogc 10", "release", "gogc 50", "gogc 10"}},
+		{"releases again after a minute", append(append([]float64{50 * mib, 0.5 * mib}, slices.Repeat([]float64{30 * mib}, 12)...), 0.5*mib),
+			[]string{"gogc 50", "gogc 10", "release", "gogc 50", "gogc 10", "release"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := &fakeCollector{}
+			tuner := newIdleTuner(f, 50)
+			for i, r := range tc.rates {
+				tuner.observe(r, start.Add(time.Duration(i+1)*idleCheckInterval))
+			}
+			if want := append([]string{"gogc 10"}, tc.want...); !slices.Equal(f.calls, want) {
+				t.Errorf("calls %q, want %q", f.calls, want)
+			}
+		})
 	}
 }

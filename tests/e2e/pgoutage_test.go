@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
+	"github.com/harikube/harikube/pkg/datastore"
 	"github.com/harikube/harikube/tests/pgserver"
 	"github.com/harikube/harikube/tests/testserver"
 )
@@ -100,7 +101,7 @@ func TestPostgresOutage(t *testing.T) {
 	err = wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
 		var held int
 		err := db.QueryRowContext(ctx, `SELECT count(*) FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
-			WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = 'harikube datastore lock' AND a.datname = current_database()`).Scan(&held)
+			WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = $1 AND a.datname = current_database()`, datastore.WriterLockApp).Scan(&held)
 		return err == nil && held == 1, nil
 	})
 	if err != nil {
@@ -120,11 +121,11 @@ func TestPostgresOutage(t *testing.T) {
 	}
 	defer holder.Close()
 	if _, err := holder.ExecContext(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-		WHERE application_name = 'harikube datastore lock' AND datname = current_database()`); err != nil {
+		WHERE application_name = $1 AND datname = current_database()`, datastore.WriterLockApp); err != nil {
 		t.Fatal(err)
 	}
 	// Waits until the terminated session has let the lock go.
-	if _, err := holder.ExecContext(ctx, "SELECT pg_advisory_lock($1)", int64(0x68617269_6b756265)); err != nil {
+	if _, err := holder.ExecContext(ctx, "SELECT pg_advisory_lock($1)", int64(datastore.WriterLockKey)); err != nil {
 		t.Fatal(err)
 	}
 	if code := s.WaitExit(t, time.Minute); code != 1 {
