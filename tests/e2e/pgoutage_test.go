@@ -1,10 +1,13 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -153,4 +156,66 @@ func logTail(s *testserver.Server) string {
 	}
 	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
 	return strings.Join(lines[max(0, len(lines)-30):], "\n")
+}
+
+// TestKineRoleStopsWhenWriterLockTaken: the kine role (vCluster's
+// per-component /binaries/kine) on PostgreSQL exits 1, saying why, when
+// another session takes its writer lock while its own is lost.
+func TestKineRoleStopsWhenWriterLockTaken(t *testing.T) {
+	t.Parallel()
+	pg := pgserver.Start(t)
+	dsn := pg.DSN()
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, testserver.Binary(t), "kine", "--endpoint="+dsn,
+		"--listen-address=unix://"+filepath.Join(dir, "kine.sock"), "--metrics-bind-address=0")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	// The database exists once kine has started.
+	var holder *sql.Conn
+	var terminated int
+	err = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		if holder == nil {
+			if holder, err = db.Conn(ctx); err != nil {
+				holder = nil
+				return false, nil
+			}
+		}
+		err := holder.QueryRowContext(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+			WHERE application_name = $1 AND datname = current_database()`, datastore.WriterLockApp).Scan(&terminated)
+		return err == nil && terminated == 1, nil
+	})
+	if holder != nil {
+		defer holder.Close()
+	}
+	if err != nil {
+		cancel()
+		<-done
+		t.Fatalf("the kine role's writer lock session did not appear:\n%s", out.String())
+	}
+	if _, err := holder.ExecContext(ctx, "SELECT pg_advisory_lock($1)", int64(datastore.WriterLockKey)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		cancel()
+		<-done
+		t.Fatalf("the kine role still runs a minute after another session took its writer lock:\n%s", out.String())
+	}
+	if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(out.String(), "lost the writer lock with its session, and another harikube took it") {
+		t.Errorf("kine role: exit code %d, want 1 with the reason:\n%s", code, out.String())
+	}
 }
