@@ -60,7 +60,8 @@ const (
 	idleAllocRate     = 1 << 20 // bytes/s: below it the process is idle
 	busyAllocRate     = 2 << 20 // bytes/s: above it, busy again
 	// minReleaseInterval spaces the forced collections that give memory
-	// back, should load come and go with every check.
+	// back: once a minute while idle, and no more often should load come
+	// and go with every check.
 	minReleaseInterval = time.Minute
 )
 
@@ -133,5 +134,10 @@ func (t *idleTuner) observe(rate float64, now time.Time) {
 	case t.idle && rate > busyAllocRate:
 		t.idle = false
 		t.c.setGCPercent(t.busyGCPercent)
+	case t.idle && now.Sub(t.released) >= minReleaseInterval:
+		// Go's scavenger keeps a tenth above the heap goal; an idle
+		// process gives that back too, once a minute.
+		t.c.release()
+		t.released = now
 	}
 }

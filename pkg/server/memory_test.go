@@ -114,7 +114,7 @@ func TestIdleTuner(t *testing.T) {
 		rates []float64 // one check every idleCheckInterval
 		want  []string  // after the start at the idle target
 	}{
-		{"idle from the start stays so", []float64{0.4 * mib, 0.2 * mib, 1.5 * mib}, nil},
+		{"idle from the start stays so", []float64{0.4 * mib, 0.2 * mib, 1.5 * mib}, []string{"release"}},
 		{"busy at the first check", []float64{50 * mib, 3 * mib, 1.5 * mib}, []string{"gogc 50"}},
 		{"idle again lowers the target and releases once", []float64{50 * mib, 0.4 * mib, 0.2 * mib}, []string{"gogc 50", "gogc 10", "release"}},
 		{"between the thresholds nothing changes", []float64{50 * mib, 1.5 * mib, 0.5 * mib, 1.9 * mib}, []string{"gogc 50", "gogc 10", "release"}},
@@ -123,6 +123,9 @@ func TestIdleTuner(t *testing.T) {
 			[]string{"gogc 50", "gogc 10", "release", "gogc 50", "gogc 10"}},
 		{"releases again after a minute", append(append([]float64{50 * mib, 0.5 * mib}, slices.Repeat([]float64{30 * mib}, 12)...), 0.5*mib),
 			[]string{"gogc 50", "gogc 10", "release", "gogc 50", "gogc 10", "release"}},
+		// Idle at 10 s, then for two minutes more: released at 10, 70, 130 s.
+		{"idle for minutes releases once a minute", append([]float64{50 * mib}, slices.Repeat([]float64{0.5 * mib}, 25)...),
+			[]string{"gogc 50", "gogc 10", "release", "release", "release"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := &fakeCollector{}
