@@ -214,7 +214,8 @@ func holdWriterLock(ctx context.Context, wg *sync.WaitGroup, c *pgx.ConnConfig, 
 	return nil
 }
 
-// takeWriterLock connects and takes the lock, or says who holds it.
+// takeWriterLock connects and takes the lock; a *lockHeldError says who
+// holds it instead.
 func takeWriterLock(ctx context.Context, c *pgx.ConnConfig) (*pgx.Conn, error) {
 	lc := c.Copy()
 	lc.RuntimeParams["application_name"] = WriterLockApp
@@ -228,17 +229,30 @@ func takeWriterLock(ctx context.Context, c *pgx.ConnConfig) (*pgx.Conn, error) {
 		return nil, fmt.Errorf("lock PostgreSQL database %q: %w", c.Database, err)
 	}
 	if !locked {
-		holder := lockHolder(ctx, conn)
+		held := &lockHeldError{database: c.Database}
+		held.holder, held.pid = lockHolder(ctx, conn)
 		conn.Close(ctx)
-		return nil, InUse(fmt.Sprintf("PostgreSQL database %q is in use by another harikube datastore%s: "+
-			"one server writes to a database at a time. Stop the other server, or give this one "+
-			"another database in its endpoint (e.g. postgres://…/%s-2)", c.Database, holder, c.Database))
+		return nil, held
 	}
 	return conn, nil
 }
 
+// lockHeldError: another session holds the writer lock.
+type lockHeldError struct {
+	database, holder string // holder describes the session, or is empty
+	pid              uint32 // the holder's backend, 0 when unknown
+}
+
+func (e *lockHeldError) Error() string {
+	return fmt.Sprintf("PostgreSQL database %q is in use by another harikube datastore%s: "+
+		"one server writes to a database at a time. Stop the other server, or give this one "+
+		"another database in its endpoint (e.g. postgres://…/%s-2)", e.database, e.holder, e.database)
+}
+
+func (e *lockHeldError) Is(target error) bool { return target == ErrInUse }
+
 // lockHolder describes the session holding the writer lock, for the error.
-func lockHolder(ctx context.Context, conn *pgx.Conn) string {
+func lockHolder(ctx context.Context, conn *pgx.Conn) (string, uint32) {
 	var pid int32
 	var addr, started string
 	err := conn.QueryRow(ctx, `SELECT a.pid, COALESCE(host(a.client_addr), 'local socket'), to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS TZ')
@@ -247,20 +261,21 @@ func lockHolder(ctx context.Context, conn *pgx.Conn) string {
 		AND l.classid = $1 AND l.objid = $2 AND l.objsubid = 1 LIMIT 1`,
 		int64(WriterLockKey>>32), int64(WriterLockKey&0xffffffff)).Scan(&pid, &addr, &started)
 	if err != nil {
-		return ""
+		return "", 0
 	}
-	return fmt.Sprintf(" (connected from %s since %s, PostgreSQL backend pid %d)", addr, started, pid)
+	return fmt.Sprintf(" (connected from %s since %s, PostgreSQL backend pid %d)", addr, started, pid), uint32(pid)
 }
 
 // writerLockCheckInterval is how often the lock's session is checked, and
-// how often the lock is tried again once it is lost.
+// how often the lock is tried again once it is lost; each try is bounded by
+// it too, so an unanswered connection does not hold the checks up.
 const writerLockCheckInterval = 5 * time.Second
 
 // watchWriterLock keeps the lock's connection until ctx ends. A session
 // lost with the database (PostgreSQL restarted or failed over, the session
-// was terminated) takes its lock with it; the lock is taken again as soon as
-// the database answers. If another harikube took it meanwhile, taken is
-// told, since two servers must not write one database.
+// was terminated) takes its lock with it; the lock is taken again once the
+// database answers. If another harikube took it meanwhile, taken is told,
+// since two servers must not write one database.
 func watchWriterLock(ctx context.Context, conn *pgx.Conn, c *pgx.ConnConfig, taken func(error)) {
 	defer func() {
 		if conn == nil {
@@ -275,28 +290,39 @@ func watchWriterLock(ctx context.Context, conn *pgx.Conn, c *pgx.ConnConfig, tak
 		conn.Close(ctx)
 	}()
 	var lostAt time.Time
+	var lostPID uint32 // the backend of the lost session
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(writerLockCheckInterval):
 		}
+		tryCtx, cancel := context.WithTimeout(ctx, writerLockCheckInterval)
 		if conn != nil {
-			err := conn.Ping(ctx)
+			err := conn.Ping(tryCtx)
 			if err == nil || ctx.Err() != nil {
+				cancel()
 				continue
 			}
 			logrus.Warnf("Lost the writer lock on PostgreSQL database %q with its session (%v): taking it again when the database answers", c.Database, err)
-			conn.Close(ctx)
+			lostPID = conn.PgConn().PID()
+			conn.Close(tryCtx)
 			conn, lostAt = nil, time.Now()
 		}
-		next, err := takeWriterLock(ctx, c)
+		next, err := takeWriterLock(tryCtx, c)
+		var held *lockHeldError
 		switch {
 		case err == nil:
 			conn = next
 			logrus.Infof("Took the writer lock on PostgreSQL database %q again, %s after losing it", c.Database, time.Since(lostAt).Round(time.Second))
-		case errors.Is(err, ErrInUse):
-			err = fmt.Errorf("lost the writer lock with its session, and another harikube took it: %w", err)
+		case errors.As(err, &held) && held.pid != 0 && held.pid == lostPID:
+			// The lost session is still there (it stopped answering
+			// without closing): end it, and take the lock at the next try.
+			endSession(tryCtx, c, lostPID)
+		case errors.As(err, &held):
+			err = fmt.Errorf("lost the writer lock on PostgreSQL database %q with its session, and another harikube datastore took it%s: "+
+				"both may have written to it. Stop one of the two servers, and run `harikube datastore check` on the database before starting again", c.Database, held.holder)
+			cancel()
 			if taken == nil {
 				logrus.Error(err)
 			} else {
@@ -306,6 +332,20 @@ func watchWriterLock(ctx context.Context, conn *pgx.Conn, c *pgx.ConnConfig, tak
 		case ctx.Err() == nil:
 			logrus.Debugf("Writer lock on PostgreSQL database %q not taken yet: %v", c.Database, err)
 		}
+		cancel()
+	}
+}
+
+// endSession terminates a backend of this datastore's own that still holds
+// the writer lock.
+func endSession(ctx context.Context, c *pgx.ConnConfig, pid uint32) {
+	conn, err := pgx.ConnectConfig(ctx, c)
+	if err != nil {
+		return
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "SELECT pg_terminate_backend($1)", int32(pid)); err != nil {
+		logrus.Debugf("End the lost writer lock session (backend pid %d): %v", pid, err)
 	}
 }
 

@@ -199,9 +199,9 @@ func (s *Server) Dir() string { return s.dir }
 
 // Stop shuts the server down immediately and removes its directory.
 func (s *Server) Stop() error {
-	var err error
-	if !s.halted {
-		err = s.run("pg_ctl", "-D", filepath.Join(s.dir, "data"), "-m", "immediate", "-w", "stop")
+	err := s.run("pg_ctl", "-D", filepath.Join(s.dir, "data"), "-m", "immediate", "-w", "stop")
+	if s.halted {
+		err = nil // not running, unless a failed Resume started it after all
 	}
 	if rmErr := os.RemoveAll(s.dir); err == nil {
 		err = rmErr

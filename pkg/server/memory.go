@@ -86,23 +86,27 @@ func (runtimeCollector) release()           { debug.FreeOSMemory() }
 func (t *idleTuner) run(ctx context.Context) {
 	tick := time.NewTicker(idleCheckInterval)
 	defer tick.Stop()
-	last := t.c.allocatedBytes()
+	last, lastAt := t.c.allocatedBytes(), time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case now := <-tick.C:
-			allocated := t.c.allocatedBytes()
-			t.observe(float64(allocated-last)/idleCheckInterval.Seconds(), now)
-			last = allocated
+		case <-tick.C:
 		}
+		if ctx.Err() != nil {
+			return
+		}
+		// By the time elapsed: a starved process misses ticks.
+		allocated, now := t.c.allocatedBytes(), time.Now()
+		t.observe(float64(allocated-last)/now.Sub(lastAt).Seconds(), now)
+		last, lastAt = allocated, now
 	}
 }
 
 // idleTuner lowers the collector's target to idleGCPercent while the
 // process allocates little, and returns the memory freed by then to the
-// OS; as soon as allocation picks up, the busy target applies again, so
-// requests never pay for the extra collections.
+// OS; once allocation picks up, the busy target applies again from the
+// next check, so load pays for the extra collections for 5 s at most.
 type idleTuner struct {
 	c             collector
 	busyGCPercent int

@@ -127,8 +127,11 @@ func TestPostgresOutage(t *testing.T) {
 		WHERE application_name = $1 AND datname = current_database()`, datastore.WriterLockApp); err != nil {
 		t.Fatal(err)
 	}
-	// Waits until the terminated session has let the lock go.
-	if _, err := holder.ExecContext(ctx, "SELECT pg_advisory_lock($1)", int64(datastore.WriterLockKey)); err != nil {
+	// Waits until the terminated session has let the lock go, unless the
+	// server takes it back first.
+	lockCtx, cancelLock := context.WithTimeout(ctx, time.Minute)
+	defer cancelLock()
+	if _, err := holder.ExecContext(lockCtx, "SELECT pg_advisory_lock($1)", int64(datastore.WriterLockKey)); err != nil {
 		t.Fatal(err)
 	}
 	if code := s.WaitExit(t, time.Minute); code != 1 {
@@ -140,7 +143,7 @@ func TestPostgresOutage(t *testing.T) {
 	}
 	for _, want := range []string{
 		"Lost the writer lock on PostgreSQL database", "Took the writer lock on PostgreSQL database",
-		"datastore default: lost the writer lock with its session, and another harikube took it",
+		"datastore default: lost the writer lock on PostgreSQL database", "with its session, and another harikube datastore took it",
 	} {
 		if !strings.Contains(string(log), want) {
 			t.Errorf("the server's log does not say %q", want)
@@ -183,8 +186,9 @@ func TestKineRoleStopsWhenWriterLockTaken(t *testing.T) {
 				return false, nil
 			}
 		}
-		err := holder.QueryRowContext(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-			WHERE application_name = $1 AND datname = current_database()`, datastore.WriterLockApp).Scan(&terminated)
+		// Only once the lock is granted: terminated before, the start fails.
+		err := holder.QueryRowContext(ctx, `SELECT count(pg_terminate_backend(a.pid)) FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+			WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = $1 AND a.datname = current_database()`, datastore.WriterLockApp).Scan(&terminated)
 		return err == nil && terminated == 1, nil
 	})
 	if holder != nil {
@@ -205,7 +209,7 @@ func TestKineRoleStopsWhenWriterLockTaken(t *testing.T) {
 		<-done
 		t.Fatalf("the kine role still runs a minute after another session took its writer lock:\n%s", out.String())
 	}
-	if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(out.String(), "lost the writer lock with its session, and another harikube took it") {
+	if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(out.String(), "with its session, and another harikube datastore took it") {
 		t.Errorf("kine role: exit code %d, want 1 with the reason:\n%s", code, out.String())
 	}
 }

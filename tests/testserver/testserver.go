@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -202,6 +203,8 @@ func (s *Server) launchAndWait(t testing.TB) error {
 		"--bind-address", "127.0.0.1",
 	}, s.Args...)
 	cmd := exec.Command(s.bin, args...)
+	// The server under test tunes Go's collector itself unless GOGC is set.
+	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "GOGC=") })
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Do not outlive a test binary that panics or times out.
 	released, err := childguard.Start(cmd)

@@ -44,7 +44,7 @@ func checkSkipGCAndQuota(t *testing.T, c *cluster) {
 		if err != nil {
 			return 0, err
 		}
-		return testserver.SumMetric(body, "apiserver_longrunning_requests", `resource="`+resource+`"`, `verb="WATCH"`)
+		return testserver.SumMetric(body, "apiserver_longrunning_requests", `group="roles.harikube.io"`, `resource="`+resource+`"`, `verb="WATCH"`)
 	}
 	// Two discovery periods of the controllers (30 s each), on a busy machine.
 	poll(t, "the controller manager to watch things", time.Second, 150*time.Second, func() (bool, error) {

@@ -39,7 +39,12 @@ func stockKine(t *testing.T) string {
 	if len(lines) == 0 {
 		t.Fatalf("scripts/build-vcluster-syncer printed no cache directory\n%s", stderr.String())
 	}
-	return filepath.Join(lines[len(lines)-1], "kine")
+	kine := filepath.Join(lines[len(lines)-1], "kine")
+	// The binary is the stock one, not harikube's kine role.
+	if v, err := exec.Command(kine, "--version").CombinedOutput(); err != nil || !strings.HasPrefix(string(v), "kine version v0.14.4 ") {
+		t.Fatalf("%s --version: %q, %v; want kine version v0.14.4", kine, v, err)
+	}
+	return kine
 }
 
 // checkStockKineSelectors: the stock kine knows nothing of the selection
@@ -51,8 +56,8 @@ func checkStockKineSelectors(t *testing.T, c *cluster) {
 	t.Helper()
 	admin := restConfig(t, c.adminConf)
 	dyn := dynamic.NewForConfigOrDie(admin)
-	things := schema.GroupVersionResource{Group: "stock.harikube.io", Version: "v1", Resource: "things"}
-	createRoleCRD(t, apiextensionsclient.NewForConfigOrDie(admin), dyn, things, "Thing", nil, c.procs...)
+	things := schema.GroupVersionResource{Group: "stock.harikube.io", Version: "v1", Resource: "stockthings"}
+	createRoleCRD(t, apiextensionsclient.NewForConfigOrDie(admin), dyn, things, "StockThing", nil, c.procs...)
 	res := dyn.Resource(things).Namespace("default")
 	ctx := context.Background()
 
@@ -72,7 +77,7 @@ func checkStockKineSelectors(t *testing.T, c *cluster) {
 	var want []string // the WATCH's events, in order
 	for i := range n {
 		u := &unstructured.Unstructured{}
-		u.SetGroupVersionKind(things.GroupVersion().WithKind("Thing"))
+		u.SetGroupVersionKind(things.GroupVersion().WithKind("StockThing"))
 		u.SetName(fmt.Sprintf("thing-%02d", i))
 		if i%5 != 4 { // every fifth has no tier label
 			u.SetLabels(map[string]string{"tier": strconv.Itoa(i % 3)})
