@@ -172,7 +172,8 @@ var labelSels = []string{"tier=a", "tier in (b,c),rare=yes", "tier!=a", "!rare",
 // keep every acknowledged write; a restart without, or with a changed,
 // override is refused, naming what it would hide.
 func TestSplitDatastores(t *testing.T) {
-	pgDSN := pgserver.Start(t).DSN()
+	pg := pgserver.Start(t)
+	pgDSN := pg.DSN()
 	dir := t.TempDir()
 	ks, overrideArgs := kinds(dir, pgDSN)
 	s := testserver.Start(t, append([]string{"--data-dir", dir}, overrideArgs...)...)
@@ -266,6 +267,16 @@ func TestSplitDatastores(t *testing.T) {
 	for _, k := range ks {
 		checkLists(t, s, dyn, k)
 	}
+
+	// A recorded datastore that cannot be reached cannot be checked for
+	// objects left, so dropping its override is refused too.
+	if code := s.Stop(t); code != 0 {
+		t.Fatalf("stop: exit code %d", code)
+	}
+	if err := pg.Halt(); err != nil {
+		t.Fatal(err)
+	}
+	refused(t, s, pgDropped, "configmaps", "/registry/configmaps/", "it cannot be checked for objects left")
 }
 
 // checkModes: the override databases and sockets are the owner's only, as
