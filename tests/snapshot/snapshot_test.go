@@ -514,6 +514,23 @@ func TestRestoreRefusals(t *testing.T) {
 	must(t, os.WriteFile(truncated, data[:len(data)*2/3], 0o600))
 	refused("truncated snapshot", truncated, "truncated")
 
+	// Damaged but of the right size: four pages from the middle zeroed. A
+	// snapshot is written compact (no free pages), so they belong to a
+	// B-tree, and reading it fails (SQLite: "database disk image is malformed").
+	damaged := filepath.Join(t.TempDir(), "damaged.db")
+	pageSize := int(data[16])<<8 | int(data[17])
+	if pageSize == 1 {
+		pageSize = 65536
+	}
+	middle := len(data) / 2 / pageSize * pageSize
+	if middle < pageSize || middle+4*pageSize > len(data) {
+		t.Fatalf("snapshot of %d bytes has too few %d-byte pages to damage", len(data), pageSize)
+	}
+	bad := slices.Clone(data)
+	clear(bad[middle : middle+4*pageSize])
+	must(t, os.WriteFile(damaged, bad, 0o600))
+	refused("damaged snapshot of the right size", damaged, "is damaged")
+
 	refused("encrypted snapshot without its key", snap.path, "encrypted at rest", "encryption-config.yaml is missing")
 
 	// With the key, restore works and the Secret reads back in plaintext.
