@@ -297,18 +297,21 @@ func watchWriterLock(ctx context.Context, conn *pgx.Conn, c *pgx.ConnConfig, tak
 			return
 		case <-time.After(writerLockCheckInterval):
 		}
-		tryCtx, cancel := context.WithTimeout(ctx, writerLockCheckInterval)
 		if conn != nil {
-			err := conn.Ping(tryCtx)
+			pingCtx, cancel := context.WithTimeout(ctx, writerLockCheckInterval)
+			err := conn.Ping(pingCtx)
+			cancel()
 			if err == nil || ctx.Err() != nil {
-				cancel()
 				continue
 			}
 			logrus.Warnf("Lost the writer lock on PostgreSQL database %q with its session (%v): taking it again when the database answers", c.Database, err)
 			lostPID = conn.PgConn().PID()
-			conn.Close(tryCtx)
+			closeCtx, cancel := context.WithTimeout(ctx, time.Second)
+			conn.Close(closeCtx)
+			cancel()
 			conn, lostAt = nil, time.Now()
 		}
+		tryCtx, cancel := context.WithTimeout(ctx, writerLockCheckInterval)
 		next, err := takeWriterLock(tryCtx, c)
 		var held *lockHeldError
 		switch {
