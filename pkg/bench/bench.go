@@ -70,6 +70,10 @@ type Options struct {
 	// objects than this (at 1,000,000 the 10 % and all-objects LISTs);
 	// 0 skips none.
 	MaxListObjects int
+	// EtcdQuota is the etcd mode's backend quota in bytes; writes past it
+	// fail with "database space exceeded", which ends the mode reported.
+	// 0: DefaultEtcdQuota.
+	EtcdQuota int64
 	// Command is the command line, recorded in the results.
 	Command string
 	Out     io.Writer
@@ -213,6 +217,9 @@ func (o *Options) complete() error {
 	if o.StartTimeout == 0 {
 		o.StartTimeout = 3 * time.Minute
 	}
+	if o.EtcdQuota <= 0 {
+		o.EtcdQuota = DefaultEtcdQuota
+	}
 	if o.Out == nil {
 		o.Out = io.Discard
 	}
@@ -247,7 +254,7 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode, memCap *me
 	var etcd *process
 	var endpoint string
 	if m.Etcd {
-		if etcd, endpoint, err = startEtcd(ctx, opts.Binary, dir, opts.StartTimeout); err != nil {
+		if etcd, endpoint, err = startEtcd(ctx, opts.Binary, dir, opts.EtcdQuota, opts.StartTimeout); err != nil {
 			return nil, nil, err
 		}
 		defer func() {

@@ -13,11 +13,16 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
-// RunEtcd serves a single-member etcd with its data in dataDir and its
-// client API on listenClient (host:port) until ctx ends. It is what the
+// DefaultEtcdQuota leaves room for 100k objects and their history between
+// the apiserver's compactions; etcd's own default is 2 GiB.
+const DefaultEtcdQuota = 8 << 30
+
+// RunEtcd serves a single-member etcd with its data in dataDir, its backend
+// quota in bytes and its client API on listenClient (host:port) until ctx
+// ends. It is what the
 // hidden `harikube bench etcd-server` command runs, so that the etcd of the
 // etcd mode is a process of its own, like the server's datastore is not.
-func RunEtcd(ctx context.Context, dataDir, listenClient string) error {
+func RunEtcd(ctx context.Context, dataDir, listenClient string, quota int64) error {
 	clientURL, err := url.Parse("http://" + listenClient)
 	if err != nil {
 		return fmt.Errorf("--listen-client %q: %w", listenClient, err)
@@ -36,9 +41,7 @@ func RunEtcd(ctx context.Context, dataDir, listenClient string) error {
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
 	cfg.LogLevel = "warn"
 	cfg.LogOutputs = []string{"stderr"}
-	// Room for 100k objects and their history between the apiserver's
-	// compactions (etcd's default quota is 2 GiB).
-	cfg.QuotaBackendBytes = 8 << 30
+	cfg.QuotaBackendBytes = quota
 
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
@@ -64,13 +67,14 @@ func RunEtcd(ctx context.Context, dataDir, listenClient string) error {
 // startEtcd runs the etcd helper (`bin bench etcd-server`) with its data in
 // dir/etcd and waits until its /health answers; it returns the helper and
 // its client URL.
-func startEtcd(ctx context.Context, bin, dir string, timeout time.Duration) (*process, string, error) {
+func startEtcd(ctx context.Context, bin, dir string, quota int64, timeout time.Duration) (*process, string, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, "", err
 	}
 	listen := "127.0.0.1:" + strconv.Itoa(port)
-	p, err := startProcess("etcd", bin, []string{"bench", "etcd-server", "--data-dir", etcdDataDir(dir), "--listen-client", listen},
+	p, err := startProcess("etcd", bin, []string{"bench", "etcd-server", "--data-dir", etcdDataDir(dir), "--listen-client", listen,
+		"--quota-backend-bytes", strconv.FormatInt(quota, 10)},
 		filepath.Join(dir, "etcd.log"))
 	if err != nil {
 		return nil, "", err

@@ -19,6 +19,7 @@ func newBenchCommand() *cobra.Command {
 		quick                bool
 		sizes, modes, binary string
 		memoryLimit          string
+		etcdQuota            string
 		serverArgs           []string
 		opts                 = bench.Options{Workers: 16, WatchSamples: 20}
 	)
@@ -77,6 +78,11 @@ where PostgreSQL is not installed).`,
 				}
 				opts.MemoryLimit = q.Value()
 			}
+			q, err := resource.ParseQuantity(etcdQuota)
+			if err != nil || q.Value() <= 0 {
+				return fmt.Errorf("--etcd-quota: %q is not a positive amount of storage, e.g. 2Gi (etcd's own default)", etcdQuota)
+			}
+			opts.EtcdQuota = q.Value()
 			opts.Binary = binary
 			opts.Out = c.OutOrStdout()
 			opts.Command = strings.Join(os.Args, " ")
@@ -107,6 +113,7 @@ where PostgreSQL is not installed).`,
 	f.StringVar(&memoryLimit, "memory-limit", "", "cap the memory of the bench and its servers (a cgroup v1 memory cgroup, e.g. 10Gi); a mode killed at the cap ends reported and the next mode runs")
 	f.DurationVar(&opts.ModeBudget, "mode-budget", 0, "bound each mode's time (e.g. 30m); a mode that spends it ends reported with the figures so far (0: no bound)")
 	f.IntVar(&opts.MaxListObjects, "max-list-objects", 0, "skip the LIST workloads that would return more objects than this, e.g. 10000 at N = 1,000,000 (0: skip none)")
+	f.StringVar(&etcdQuota, "etcd-quota", "8Gi", "the etcd mode's backend quota (etcd's own default is 2Gi); a mode whose etcd fills it ends reported")
 	f.StringArrayVar(&serverArgs, "server-arg", nil, "extra flag for every mode's harikube server, as --name=value (repeatable), e.g. --kube-apiserver-arg=request-timeout=2m")
 	f.StringVar(&binary, "binary", "", "harikube binary to run the servers with (default: this one)")
 	_ = f.MarkHidden("binary")
@@ -117,7 +124,10 @@ where PostgreSQL is not installed).`,
 
 // newBenchEtcdCommand is the etcd the etcd mode runs as a process of its own.
 func newBenchEtcdCommand() *cobra.Command {
-	var dataDir, listen string
+	var (
+		dataDir, listen string
+		quota           int64
+	)
 	c := &cobra.Command{
 		Use:    "etcd-server",
 		Short:  "Run a single-member etcd for the bench's etcd mode",
@@ -126,11 +136,12 @@ func newBenchEtcdCommand() *cobra.Command {
 		RunE: func(*cobra.Command, []string) error {
 			ctx, cancel := signalContext()
 			defer cancel()
-			return bench.RunEtcd(ctx, dataDir, listen)
+			return bench.RunEtcd(ctx, dataDir, listen, quota)
 		},
 	}
 	c.Flags().StringVar(&dataDir, "data-dir", "", "etcd data directory")
 	c.Flags().StringVar(&listen, "listen-client", "127.0.0.1:2379", "host:port of the client API")
+	c.Flags().Int64Var(&quota, "quota-backend-bytes", bench.DefaultEtcdQuota, "etcd's backend quota")
 	_ = c.MarkFlagRequired("data-dir")
 	return c
 }

@@ -1,14 +1,19 @@
 package bench_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -19,6 +24,13 @@ import (
 // runBench runs `harikube bench` with args and returns its report and
 // output; the bench must exit 0.
 func runBench(t *testing.T, timeout time.Duration, args ...string) (bench.Report, string) {
+	t.Helper()
+	return runBenchWatching(t, timeout, nil, args...)
+}
+
+// runBenchWatching is runBench that also hands each line of the bench's
+// output to onLine as it is printed.
+func runBenchWatching(t *testing.T, timeout time.Duration, onLine func(string), args ...string) (bench.Report, string) {
 	t.Helper()
 	bin := testserver.Binary(t)
 	// Not t.TempDir(): under a long test name the server's socket path
@@ -35,6 +47,18 @@ func runBench(t *testing.T, timeout time.Duration, args ...string) (bench.Report
 		"--history-objects", "0", "--mixed-duration", "0"}, args...)...)
 	var output bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &output, &output
+	if onLine != nil {
+		pr, pw := io.Pipe()
+		defer pw.Close()
+		cmd.Stdout, cmd.Stderr = io.MultiWriter(&output, pw), io.MultiWriter(&output, pw)
+		go func() {
+			s := bufio.NewScanner(pr)
+			for s.Scan() {
+				onLine(s.Text())
+			}
+			_, _ = io.Copy(io.Discard, pr)
+		}()
+	}
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("harikube bench %v: %v\n%s", args, err, output.String())
 	}
@@ -200,5 +224,67 @@ func TestBenchRequestTimeoutIsReported(t *testing.T) {
 		if n := len(m.ServerArgs); n == 0 || m.ServerArgs[n-1] != "--kube-apiserver-arg=request-timeout=200ms" {
 			t.Errorf("mode %s ran with %v, want --server-arg's flag last", m.Name, m.ServerArgs)
 		}
+	}
+}
+
+// TestBenchEtcdQuotaIsReported: an etcd whose backend quota fills while the
+// etcd mode seeds (--etcd-quota, here far below what 20,000 widgets need)
+// answers "database space exceeded"; the mode ends reported with the
+// objects created so far, and the bench exits 0.
+func TestBenchEtcdQuotaIsReported(t *testing.T) {
+	rep, output := runBench(t, 6*time.Minute, "--sizes", "20000", "--modes", "etcd", "--etcd-quota", "24Mi",
+		"--max-list-objects", "10", "--repeat", "2", "--budget", "1s", "--watch-samples", "2")
+	if len(rep.Results) != 0 || len(rep.Ended) != 1 {
+		t.Fatalf("results %+v, ended %+v; want the etcd mode ended and nothing measured in full", rep.Results, rep.Ended)
+	}
+	e := rep.Ended[0]
+	if e.Mode != "etcd" || e.Cause != "etcd-quota" || !strings.Contains(e.Reason, "database space exceeded") {
+		t.Errorf("end %+v, want etcd ended by its quota", e)
+	}
+	if r := e.Reached; r.N <= 0 || r.N >= 20000 || r.Create.Objects != r.N || r.DatabaseBytes <= 0 || r.EtcdPeakRSSBytes <= 0 {
+		t.Errorf("reached N = %d with %+v created, database %d bytes, etcd peak RSS %d; want part of the 20,000 created and the figures so far",
+			r.N, r.Create, r.DatabaseBytes, r.EtcdPeakRSSBytes)
+	}
+	if !strings.Contains(output, "[etcd] ended: etcd's quota is full") {
+		t.Error("output does not say that etcd's quota ended the mode")
+	}
+}
+
+// TestBenchServerExitIsReported: a server that exits while its mode seeds
+// (here killed by the test, as an OOM killer outside the bench's own cgroup
+// would) ends the mode reported, naming the process and how it exited, with
+// the figures up to then.
+func TestBenchServerExitIsReported(t *testing.T) {
+	readyLine := regexp.MustCompile(`^server ready in .* \(pid (\d+)\)$`)
+	var pid, killed atomic.Int64
+	// The mode budget only bounds the run should the kill go amiss.
+	rep, output := runBenchWatching(t, 8*time.Minute, func(line string) {
+		if m := readyLine.FindStringSubmatch(line); m != nil {
+			n, _ := strconv.Atoi(m[1])
+			pid.Store(int64(n))
+		}
+		if strings.HasPrefix(line, "seeding ") && pid.Load() != 0 && killed.CompareAndSwap(0, pid.Load()) {
+			if err := syscall.Kill(int(pid.Load()), syscall.SIGKILL); err != nil {
+				t.Errorf("kill the server (pid %d): %v", pid.Load(), err)
+			}
+		}
+	}, "--sizes", "200000", "--modes", "harikube", "--mode-budget", "2m",
+		"--max-list-objects", "10", "--repeat", "2", "--budget", "1s", "--watch-samples", "2")
+	if killed.Load() == 0 {
+		t.Fatalf("the bench printed no seeding progress after its server was ready:\n%s", output)
+	}
+	if len(rep.Results) != 0 || len(rep.Ended) != 1 {
+		t.Fatalf("results %+v, ended %+v; want the mode ended and nothing measured in full", rep.Results, rep.Ended)
+	}
+	e := rep.Ended[0]
+	if e.Mode != "harikube" || e.Cause != "exited" || !strings.Contains(e.Reason, "harikube server exited: signal: killed") {
+		t.Errorf("end %+v, want the server reported killed", e)
+	}
+	if r := e.Reached; r.N <= 0 || r.N >= 200000 || r.Create.Objects != r.N || r.ServerPeakRSSBytes <= 0 || r.DatabaseBytes <= 0 {
+		t.Errorf("reached N = %d with %+v created, peak RSS %d, database %d bytes; want the figures up to the kill",
+			r.N, r.Create, r.ServerPeakRSSBytes, r.DatabaseBytes)
+	}
+	if !strings.Contains(output, "[harikube] ended: harikube server exited") {
+		t.Error("output does not say that the server exited")
 	}
 }
