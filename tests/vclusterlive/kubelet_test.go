@@ -164,6 +164,21 @@ type syncerPod struct {
 // container restarts (the PVC "data" also across pod runs).
 type podVolumes struct {
 	dirs map[string]string // volume name -> directory
+	// initialized: the init containers ran.
+	initialized bool
+}
+
+// forNewPod are the volumes of a new pod of the same StatefulSet: its
+// claims' directories, as the PVCs keep them; everything else starts empty
+// and the init containers run again.
+func (v *podVolumes) forNewPod(pod *corev1.Pod) *podVolumes {
+	next := &podVolumes{dirs: map[string]string{}}
+	for _, vol := range pod.Spec.Volumes {
+		if dir, ok := v.dirs[vol.Name]; ok && vol.PersistentVolumeClaim != nil {
+			next.dirs[vol.Name] = dir
+		}
+	}
+	return next
 }
 
 // runSyncer starts the pod's container "syncer" with image files from the
@@ -209,7 +224,8 @@ func runContainer(t *testing.T, host kubernetes.Interface, hostPort int, hostCA 
 
 	// Volumes, as the kubelet prepares them; a restarted container finds
 	// them as they were, and init containers ran only before the first.
-	firstRun := len(vols.dirs) == 0
+	firstRun := !vols.initialized
+	vols.initialized = true
 	for _, m := range container.VolumeMounts {
 		dir, ok := vols.dirs[m.Name]
 		if !ok {

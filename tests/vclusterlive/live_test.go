@@ -76,10 +76,10 @@ func TestSyncer(t *testing.T) {
 			if syncerDir == "" {
 				t.Fatalf("%s is not set (TestMain sets it from scripts/build-vcluster-syncer)", syncerDirEnv(v.version))
 			}
-			for _, hostCIDR := range []string{"10.43.0.0/16", "10.96.0.0/12"} {
+			for i, hostCIDR := range []string{"10.43.0.0/16", "10.96.0.0/12"} {
 				t.Run("host-"+strings.ReplaceAll(hostCIDR, "/", "_"), func(t *testing.T) {
 					started := time.Now()
-					runLive(t, v, syncerDir, hostCIDR)
+					runLive(t, v, syncerDir, hostCIDR, i == 0)
 					result := "passed"
 					if t.Failed() {
 						result = "failed"
@@ -91,7 +91,7 @@ func TestSyncer(t *testing.T) {
 	}
 }
 
-func runLive(t *testing.T, v variant, syncerDir, hostCIDR string) {
+func runLive(t *testing.T, v variant, syncerDir, hostCIDR string, reapply bool) {
 	ctx := context.Background()
 	host := testserver.Start(t, "--service-cidr="+hostCIDR)
 	hostCA := host.Config.TLSClientConfig.CAData
@@ -253,6 +253,110 @@ func runLive(t *testing.T, v variant, syncerDir, hostCIDR string) {
 		_, err := host.Client.CoreV1().ConfigMaps(namespace).Get(ctx, hostName("live-config"), metav1.GetOptions{})
 		return err == nil, err
 	}, syncer)
+
+	// The README's removal and re-apply, on one host of each version.
+	if reapply {
+		removeAndReapply(t, v, host, syncer, vols, syncerDir, logPath, ports, hostName)
+	}
+}
+
+// removeAndReapply removes the virtual cluster the README's way: the
+// StatefulSet scaled to 0 first, so that the syncer has stopped before the
+// host's garbage collector deletes what it created (a running syncer takes
+// those deletions for deletions on the host and deletes the virtual objects
+// they copy), then `kubectl delete -f` of the manifest. The PVC is kept.
+// Applying the manifest again runs a new pod on the same PVC: every object
+// of the virtual cluster is back, and the syncer re-creates its host copies.
+func removeAndReapply(t *testing.T, v variant, host *testserver.Server, syncer *syncerPod, vols *podVolumes, syncerDir, logPath string, ports []string, hostName func(string) string) {
+	t.Helper()
+	ctx := context.Background()
+	manifest := filepath.Join(repoRoot(), "package", v.manifest)
+	old, err := host.Client.CoreV1().Pods(namespace).Get(ctx, release+"-0", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubectl(t, host.Kubeconfig, "scale", "-n", namespace, "statefulset", release, "--replicas=0")
+	poll(t, "pod "+release+"-0 being deleted", time.Second, 2*time.Minute, func() (bool, error) {
+		p, err := host.Client.CoreV1().Pods(namespace).Get(ctx, release+"-0", metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return true, nil
+		}
+		return err == nil && p.DeletionTimestamp != nil, err
+	}, syncer)
+	// The kubelet stops the containers and then removes the pod.
+	syncer.kill(t)
+	waitPortsClosed(t, ports...)
+	err = host.Client.CoreV1().Pods(namespace).Delete(ctx, release+"-0", metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
+	if err != nil && !apierrors.IsNotFound(err) {
+		t.Fatal(err)
+	}
+	kubectl(t, host.Kubeconfig, "delete", "-n", namespace, "-f", manifest)
+
+	gone := []struct {
+		what string
+		get  func() error
+	}{
+		{"Secret vc-" + release, func() error {
+			_, err := host.Client.CoreV1().Secrets(namespace).Get(ctx, "vc-"+release, metav1.GetOptions{})
+			return err
+		}},
+		{"the host copy of live-config", func() error {
+			_, err := host.Client.CoreV1().ConfigMaps(namespace).Get(ctx, hostName("live-config"), metav1.GetOptions{})
+			return err
+		}},
+		{"the host copy of live-svc", func() error {
+			_, err := host.Client.CoreV1().Services(namespace).Get(ctx, hostName("live-svc"), metav1.GetOptions{})
+			return err
+		}},
+	}
+	for _, g := range gone {
+		poll(t, g.what+" garbage-collected", time.Second, 2*time.Minute, func() (bool, error) {
+			err := g.get()
+			return apierrors.IsNotFound(err), err
+		})
+	}
+	pvc, err := host.Client.CoreV1().PersistentVolumeClaims(namespace).Get(ctx, "data-"+release+"-0", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("PVC data-%s-0 after the removal: %v; want it kept", release, err)
+	}
+	if pvc.DeletionTimestamp != nil {
+		t.Fatalf("PVC data-%s-0 is being deleted after the removal; want it kept", release)
+	}
+
+	kubectl(t, host.Kubeconfig, "apply", "-n", namespace, "-f", manifest)
+	poll(t, "a new pod "+release+"-0", time.Second, 2*time.Minute, func() (bool, error) {
+		p, err := host.Client.CoreV1().Pods(namespace).Get(ctx, release+"-0", metav1.GetOptions{})
+		return err == nil && p.UID != old.UID, err
+	})
+	pod := bindAndRun(t, host.Client, namespace, release+"-0", "127.0.0.1")
+	newVols := vols.forNewPod(pod)
+	// The syncer's first start can lose a race it has with the apiserver:
+	// it replaces the virtual default/kubernetes, whose ClusterIP is the
+	// old host Service's, with a delete and a create, while the apiserver,
+	// just ready, creates the missing Service itself; the create then fails
+	// ("already exists") and the syncer exits. The kubelet restarts it
+	// (restartPolicy Always, 10 s back-off), and so does this test, twice.
+	for restarts := 0; ; restarts++ {
+		syncer = runSyncer(t, host.Client, host.Port, host.Config.TLSClientConfig.CAData, pod, newVols, image(t), syncerDir, logPath)
+		if becomesReady(syncer, 8*time.Minute) {
+			break
+		}
+		if syncer.running() {
+			t.Fatalf("after the re-apply the syncer did not pass its readiness probe within 8 minutes; last lines of %s:\n%s", logPath, vclusterimage.Tail(logPath, 60))
+		}
+		if restarts == 2 {
+			t.Fatalf("after the re-apply: %v", syncer.exitedErr())
+		}
+		t.Logf("after the re-apply the syncer exited with code %d (last lines: %s); restarting it in 10 s, as the kubelet would",
+			syncer.code, vclusterimage.Tail(logPath, 3))
+		time.Sleep(10 * time.Second)
+	}
+	virtual := waitReady(t, host, syncer)
+	checkWorkload(t, virtual.client)
+	poll(t, "the host copy of live-config re-created after the re-apply", time.Second, 2*time.Minute, func() (bool, error) {
+		_, err := host.Client.CoreV1().ConfigMaps(namespace).Get(ctx, hostName("live-config"), metav1.GetOptions{})
+		return err == nil, err
+	}, syncer)
 }
 
 // checkStarted checks that the syncer started harikube the variant's way
@@ -340,6 +444,21 @@ type virtualCluster struct {
 // waitReady waits for the syncer's readiness probe (HTTPS /readyz on 8443,
 // as the kubelet probes it) and the kubeconfig Secret, and checks that
 // kubectl works with it.
+// becomesReady reports whether the syncer passes its readiness probe
+// within timeout; false once it has exited.
+func becomesReady(syncer *syncerPod, timeout time.Duration) bool {
+	probe := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline) && syncer.running(); time.Sleep(2 * time.Second) {
+		if res, err := probe.Get("https://127.0.0.1:8443/readyz"); err == nil {
+			res.Body.Close()
+			if res.StatusCode == http.StatusOK {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func waitReady(t *testing.T, host *testserver.Server, syncer *syncerPod) virtualCluster {
 	t.Helper()
 	ctx := context.Background()
