@@ -17,11 +17,11 @@ import (
 // the apiserver's compactions; etcd's own default is 2 GiB.
 const DefaultEtcdQuota = 8 << 30
 
-// RunEtcd serves a single-member etcd with its data in dataDir, its backend
-// quota in bytes and its client API on listenClient (host:port) until ctx
-// ends. It is what the
-// hidden `harikube bench etcd-server` command runs, so that the etcd of the
-// etcd mode is a process of its own, like the server's datastore is not.
+// RunEtcd serves a single-member etcd with its data in dataDir, a backend
+// quota of quota bytes and its client API on listenClient (host:port) until
+// ctx ends. It is what the hidden `harikube bench etcd-server` command runs,
+// so that the etcd of the etcd mode is a process of its own, like the
+// server's datastore is not.
 func RunEtcd(ctx context.Context, dataDir, listenClient string, quota int64) error {
 	clientURL, err := url.Parse("http://" + listenClient)
 	if err != nil {

@@ -78,11 +78,13 @@ where PostgreSQL is not installed).`,
 				}
 				opts.MemoryLimit = q.Value()
 			}
-			q, err := resource.ParseQuantity(etcdQuota)
-			if err != nil || q.Value() <= 0 {
-				return fmt.Errorf("--etcd-quota: %q is not a positive amount of storage, e.g. 2Gi (etcd's own default)", etcdQuota)
+			if etcdQuota != "" {
+				q, err := resource.ParseQuantity(etcdQuota)
+				if err != nil || q.Value() <= 0 {
+					return fmt.Errorf("--etcd-quota: %q is not a positive amount of storage, e.g. 2Gi (etcd's own default)", etcdQuota)
+				}
+				opts.EtcdQuota = q.Value()
 			}
-			opts.EtcdQuota = q.Value()
 			opts.Binary = binary
 			opts.Out = c.OutOrStdout()
 			opts.Command = strings.Join(os.Args, " ")
@@ -113,7 +115,7 @@ where PostgreSQL is not installed).`,
 	f.StringVar(&memoryLimit, "memory-limit", "", "cap the memory of the bench and its servers (a cgroup v1 memory cgroup, e.g. 10Gi); a mode killed at the cap ends reported and the next mode runs")
 	f.DurationVar(&opts.ModeBudget, "mode-budget", 0, "bound each mode's time (e.g. 30m); a mode that spends it ends reported with the figures so far (0: no bound)")
 	f.IntVar(&opts.MaxListObjects, "max-list-objects", 0, "skip the LIST workloads that would return more objects than this, e.g. 10000 at N = 1,000,000 (0: skip none)")
-	f.StringVar(&etcdQuota, "etcd-quota", "8Gi", "the etcd mode's backend quota (etcd's own default is 2Gi); a mode whose etcd fills it ends reported")
+	f.StringVar(&etcdQuota, "etcd-quota", "", "the etcd mode's backend quota, e.g. 2Gi (etcd's own default; empty: 8Gi, room for 100,000 objects and their history); a mode whose etcd fills it ends reported")
 	f.StringArrayVar(&serverArgs, "server-arg", nil, "extra flag for every mode's harikube server, as --name=value (repeatable), e.g. --kube-apiserver-arg=request-timeout=2m")
 	f.StringVar(&binary, "binary", "", "harikube binary to run the servers with (default: this one)")
 	_ = f.MarkHidden("binary")

@@ -150,6 +150,7 @@ func TestBenchRejectsBadFlags(t *testing.T) {
 		{[]string{"--sizes", "1000,x"}, "--sizes"},
 		{[]string{"--sizes", "5"}, "size 5"},
 		{[]string{"--memory-limit", "lots"}, "--memory-limit"},
+		{[]string{"--etcd-quota", "0"}, "--etcd-quota"},
 		{[]string{"--churn-objects", "0"}, "--churn-objects"},
 		{[]string{"--idle-duration", "0s"}, "--idle-duration"},
 		{[]string{"--server-arg", "kube-apiserver-arg=request-timeout=1m"}, "--server-arg"},
