@@ -120,6 +120,9 @@ func runLive(t *testing.T, v variant, syncerDir, hostCIDR string, reapply bool) 
 		return err == nil, err
 	})
 	pod := bindAndRun(t, host.Client, namespace, release+"-0", "127.0.0.1")
+	if v.perComponent {
+		checkSnapshotCLIWithoutRelease(t, host, syncerDir)
+	}
 
 	vols := &podVolumes{dirs: map[string]string{}}
 	syncer := runSyncer(t, host.Client, host.Port, hostCA, pod, vols, image(t), syncerDir, logPath)
@@ -401,6 +404,25 @@ func removeAndReapply(t *testing.T, v variant, host *testserver.Server, syncer *
 	// After the syncer's first reconciles, so that one deleting a virtual
 	// object for its missing host copy would be seen.
 	checkWorkload(t, virtual.client)
+}
+
+// checkSnapshotCLIWithoutRelease runs the version's vcluster CLI as the
+// README shows it, against the manifest applied with kubectl: `vcluster
+// snapshot` reads the Helm release that `vcluster create` records and,
+// without one, stops with the message the README quotes.
+func checkSnapshotCLIWithoutRelease(t *testing.T, host *testserver.Server, syncerDir string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(syncerDir, "vclusterctl"), "snapshot", release,
+		"container:///data/kine-snapshot.tar.gz", "--namespace", namespace)
+	// HOME: the CLI keeps its own config there.
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+host.Kubeconfig, "HOME="+t.TempDir())
+	out, err := cmd.CombinedOutput()
+	const want = `failed to get vCluster release: secrets "` + release + `" not found`
+	if err == nil || !strings.Contains(string(out), want) {
+		t.Errorf("vcluster snapshot of the kubectl-applied manifest: %v, want it to stop with %q:\n%s", err, want, out)
+	}
 }
 
 // lostKubernetesServiceRace reports whether the syncer's last run (the log
