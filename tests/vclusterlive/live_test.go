@@ -133,18 +133,7 @@ func runLive(t *testing.T, v variant, syncerDir, hostCIDR string, reapply bool) 
 		t.Errorf("virtual /version: %v, %v; want v1.37.2", v, err)
 	}
 
-	// default/kubernetes has the host Service's ClusterIP.
-	hostSvc, err := host.Client.CoreV1().Services(namespace).Get(ctx, release, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	poll(t, "virtual default/kubernetes with the host ClusterIP "+hostSvc.Spec.ClusterIP, time.Second, time.Minute, func() (bool, error) {
-		svc, err := virtual.client.CoreV1().Services("default").Get(ctx, "kubernetes", metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		return svc.Spec.ClusterIP == hostSvc.Spec.ClusterIP, fmt.Errorf("ClusterIP %s", svc.Spec.ClusterIP)
-	}, syncer)
+	waitKubernetesServiceIP(t, host, virtual, syncer)
 
 	// Objects created in the virtual cluster appear in the host namespace
 	// under vCluster's names; the host Pod waits for a scheduler.
@@ -390,20 +379,28 @@ func removeAndReapply(t *testing.T, v variant, host *testserver.Server, syncer *
 		_, err := host.Client.CoreV1().Services(namespace).Get(ctx, hostName("live-svc"), metav1.GetOptions{})
 		return err == nil, err
 	}, syncer)
+	waitKubernetesServiceIP(t, host, virtual, syncer)
+	// After the syncer's first reconciles, so that one deleting a virtual
+	// object for its missing host copy would be seen.
+	checkWorkload(t, virtual.client)
+}
+
+// waitKubernetesServiceIP waits until the virtual default/kubernetes has
+// the host Service's ClusterIP, which the syncer gives it.
+func waitKubernetesServiceIP(t *testing.T, host *testserver.Server, virtual virtualCluster, syncer *syncerPod) {
+	t.Helper()
+	ctx := context.Background()
 	hostSvc, err := host.Client.CoreV1().Services(namespace).Get(ctx, release, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	poll(t, "virtual default/kubernetes with the new host ClusterIP "+hostSvc.Spec.ClusterIP, time.Second, time.Minute, func() (bool, error) {
+	poll(t, "virtual default/kubernetes with the host ClusterIP "+hostSvc.Spec.ClusterIP, time.Second, time.Minute, func() (bool, error) {
 		svc, err := virtual.client.CoreV1().Services("default").Get(ctx, "kubernetes", metav1.GetOptions{})
 		if err != nil {
 			return false, err
 		}
 		return svc.Spec.ClusterIP == hostSvc.Spec.ClusterIP, fmt.Errorf("ClusterIP %s", svc.Spec.ClusterIP)
 	}, syncer)
-	// After the syncer's first reconciles, so that one deleting a virtual
-	// object for its missing host copy would be seen.
-	checkWorkload(t, virtual.client)
 }
 
 // checkSnapshotCLIWithoutRelease runs the version's vcluster CLI as the
