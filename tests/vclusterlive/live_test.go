@@ -133,7 +133,7 @@ func runLive(t *testing.T, v variant, syncerDir, hostCIDR string, reapply bool) 
 		t.Errorf("virtual /version: %v, %v; want v1.37.2", v, err)
 	}
 
-	waitKubernetesServiceIP(t, host, virtual, syncer)
+	waitClusterIP(t, host, release, virtual, "kubernetes", syncer)
 
 	// Objects created in the virtual cluster appear in the host namespace
 	// under vCluster's names; the host Pod waits for a scheduler.
@@ -160,17 +160,7 @@ func runLive(t *testing.T, v variant, syncerDir, hostCIDR string, reapply bool) 
 		t.Errorf("host pod: phase %s on node %q, want Pending and unscheduled", hostPod.Status.Phase, hostPod.Spec.NodeName)
 	}
 	// The synced Service keeps the host's ClusterIP in the virtual cluster too.
-	hostLiveSvc, err := host.Client.CoreV1().Services(namespace).Get(ctx, hostName("live-svc"), metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	poll(t, "virtual live-svc with the host ClusterIP "+hostLiveSvc.Spec.ClusterIP, time.Second, time.Minute, func() (bool, error) {
-		svc, err := virtual.client.CoreV1().Services("default").Get(ctx, "live-svc", metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		return svc.Spec.ClusterIP == hostLiveSvc.Spec.ClusterIP, fmt.Errorf("ClusterIP %s", svc.Spec.ClusterIP)
-	}, syncer)
+	waitClusterIP(t, host, hostName("live-svc"), virtual, "live-svc", syncer)
 
 	// Scheduled on the host's Ready node: the virtual node the syncer creates
 	// stays Ready and the virtual pod stays, past the time upstream node
@@ -379,23 +369,23 @@ func removeAndReapply(t *testing.T, v variant, host *testserver.Server, syncer *
 		_, err := host.Client.CoreV1().Services(namespace).Get(ctx, hostName("live-svc"), metav1.GetOptions{})
 		return err == nil, err
 	}, syncer)
-	waitKubernetesServiceIP(t, host, virtual, syncer)
+	waitClusterIP(t, host, release, virtual, "kubernetes", syncer)
 	// After the syncer's first reconciles, so that one deleting a virtual
 	// object for its missing host copy would be seen.
 	checkWorkload(t, virtual.client)
 }
 
-// waitKubernetesServiceIP waits until the virtual default/kubernetes has
-// the host Service's ClusterIP, which the syncer gives it.
-func waitKubernetesServiceIP(t *testing.T, host *testserver.Server, virtual virtualCluster, syncer *syncerPod) {
+// waitClusterIP waits until the virtual Service default/virtualName has
+// the ClusterIP of the host Service hostName, which the syncer gives it.
+func waitClusterIP(t *testing.T, host *testserver.Server, hostName string, virtual virtualCluster, virtualName string, syncer *syncerPod) {
 	t.Helper()
 	ctx := context.Background()
-	hostSvc, err := host.Client.CoreV1().Services(namespace).Get(ctx, release, metav1.GetOptions{})
+	hostSvc, err := host.Client.CoreV1().Services(namespace).Get(ctx, hostName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	poll(t, "virtual default/kubernetes with the host ClusterIP "+hostSvc.Spec.ClusterIP, time.Second, time.Minute, func() (bool, error) {
-		svc, err := virtual.client.CoreV1().Services("default").Get(ctx, "kubernetes", metav1.GetOptions{})
+	poll(t, "virtual default/"+virtualName+" with the ClusterIP of host "+hostName+", "+hostSvc.Spec.ClusterIP, time.Second, time.Minute, func() (bool, error) {
+		svc, err := virtual.client.CoreV1().Services("default").Get(ctx, virtualName, metav1.GetOptions{})
 		if err != nil {
 			return false, err
 		}
