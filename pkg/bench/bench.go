@@ -59,9 +59,10 @@ type Options struct {
 	// the heap after each size and the CPU during seeding (and the mixed
 	// workload).
 	ProfileDir string
-	// MemoryLimit caps the memory of the bench and everything it starts
-	// (a cgroup, as a container's limit); a mode whose server the kernel
-	// kills at the cap ends reported, and the next mode runs. 0: no cap.
+	// MemoryLimit caps the memory of the servers and etcd the bench starts
+	// (one cgroup, as a container's limit; the bench stays outside); a mode
+	// whose server the kernel kills at the cap ends reported, and the next
+	// mode runs. 0: no cap.
 	MemoryLimit int64
 	// ModeBudget bounds each mode's time; a mode that spends it ends
 	// reported with the figures so far. 0: no bound.
@@ -100,6 +101,11 @@ type Result struct {
 	// sampled: the processes' own memory, without the executable's pages.
 	ServerPeakAnonBytes int64 `json:"server_peak_anon_bytes"`
 	EtcdPeakAnonBytes   int64 `json:"etcd_peak_anon_bytes,omitempty"`
+	// CgroupPeakBytes is, with MemoryLimit, the memory cgroup's peak during
+	// the mode so far: what a container's limit is checked against (the
+	// processes' memory, the pages of the executable they touched and the
+	// page cache of their files).
+	CgroupPeakBytes int64 `json:"cgroup_peak_bytes,omitempty"`
 	// IdleAnonBytes is the server's RssAnon once it has started, with the
 	// CRD and no objects, after a few quiet seconds.
 	IdleAnonBytes int64 `json:"idle_anon_bytes"`
@@ -136,7 +142,17 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 				con.printf("%v\n", err)
 			}
 		}()
-		con.printf("memory of the bench and its servers capped at %s (cgroup %s)\n", gib(opts.MemoryLimit), memCap.dir)
+		binDir, err := os.MkdirTemp(opts.WorkDir, "harikube-bench-bin-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(binDir)
+		bin, err := memCap.privateExecutable(opts.Binary, binDir)
+		if err != nil {
+			return nil, fmt.Errorf("--memory-limit: %w", err)
+		}
+		opts.Binary = bin
+		con.printf("memory of the servers capped at %s (cgroup %s, running %s)\n", gib(opts.MemoryLimit), memCap.dir, bin)
 	}
 	var runErr error
 	for _, m := range opts.Modes {
@@ -254,7 +270,7 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode, memCap *me
 	var etcd *process
 	var endpoint string
 	if m.Etcd {
-		if etcd, endpoint, err = startEtcd(ctx, opts.Binary, dir, opts.EtcdQuota, opts.StartTimeout); err != nil {
+		if etcd, endpoint, err = startEtcd(ctx, opts.Binary, dir, opts.EtcdQuota, opts.StartTimeout, memCap); err != nil {
 			return nil, nil, err
 		}
 		defer func() {
@@ -279,7 +295,7 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode, memCap *me
 	}
 
 	start := time.Now()
-	srv, err := startServer(ctx, opts.Binary, dir, args, opts.StartTimeout)
+	srv, err := startServer(ctx, opts.Binary, dir, args, opts.StartTimeout, memCap)
 	if err != nil {
 		return nil, nil, ender.end(ctx, err, nil, etcd, 0, nil)
 	}
@@ -320,6 +336,11 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode, memCap *me
 			return results, nil, err
 		}
 		res.ServerPeakAnonBytes = srv.peakAnon.Load()
+		if memCap != nil {
+			if res.CgroupPeakBytes, err = memCap.peak(); err != nil {
+				return results, nil, fmt.Errorf("memory cgroup: %w", err)
+			}
+		}
 		if etcd != nil {
 			if err := checkEtcdHolds(ctx, endpoint, n); err != nil {
 				return results, nil, err
@@ -335,8 +356,8 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode, memCap *me
 		if res.DatabaseBytes, err = dirSize(dbDir); err != nil {
 			return results, nil, fmt.Errorf("database size: %w", err)
 		}
-		con.printf("N=%d: peak RSS %s (anonymous %s), database %s\n", n, mib(res.ServerPeakRSSBytes+res.EtcdPeakRSSBytes),
-			mib(res.ServerPeakAnonBytes+res.EtcdPeakAnonBytes), mib(res.DatabaseBytes))
+		con.printf("N=%d: peak RSS %s (anonymous %s), database %s%s\n", n, mib(res.ServerPeakRSSBytes+res.EtcdPeakRSSBytes),
+			mib(res.ServerPeakAnonBytes+res.EtcdPeakAnonBytes), mib(res.DatabaseBytes), cgroupPeakNote(res.CgroupPeakBytes))
 		results = append(results, res)
 	}
 

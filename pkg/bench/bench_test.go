@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/xml"
 	"io"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -149,6 +150,28 @@ func TestTargetsAndTable(t *testing.T) {
 	r.Results = r.Results[:3]
 	if tg := speedupTarget(r); tg.Status != statusMissing || !strings.Contains(tg.Detail, "N=1000") {
 		t.Errorf("speedup target at 1000 only: %+v", tg)
+	}
+}
+
+// TestRSSTargetUnderMemoryLimit: a peak RSS held below the goal by
+// --memory-limit does not count as the target met, and the table shows
+// the cgroup's peak.
+func TestRSSTargetUnderMemoryLimit(t *testing.T) {
+	m, _ := modeByName("harikube")
+	res := fakeResult("harikube", 100000, 3, 850, 390<<20)
+	res.CgroupPeakBytes = 399 << 20
+	r := &Report{Sizes: []int{100000}, Modes: []ModeInfo{{Name: m.Name}}, Results: []Result{res}}
+	if tg := rssTarget(r); tg.Status != statusMet {
+		t.Errorf("without a limit: %+v, want met", tg)
+	}
+	r.MemoryLimitBytes = 400 << 20
+	if tg := rssTarget(r); tg.Status != statusMissing || !strings.Contains(tg.Detail, "memory cgroup peak 399 MiB") {
+		t.Errorf("under a 400 MiB limit: %+v, want not measured, with the cgroup's peak", tg)
+	}
+	var out bytes.Buffer
+	r.WriteText(&out)
+	if !regexp.MustCompile(`memory cgroup peak, MiB +399`).MatchString(out.String()) {
+		t.Errorf("table lacks the memory cgroup peak:\n%s", out.String())
 	}
 }
 

@@ -4,12 +4,15 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // cgroupMemoryRoot is where cgroup v1 mounts its memory controller.
@@ -45,11 +48,11 @@ func ownMemoryCgroup() (string, error) {
 	return "", errors.New("no cgroup v1 memory controller in /proc/self/cgroup (--memory-limit needs cgroup v1, as on this machine; on cgroup v2 run the bench in a unit or container with a memory limit instead)")
 }
 
-// capMemory puts this process into a new memory cgroup, below the one it is
-// in, limited to limit bytes; the servers and etcd it starts from then on
-// start in it, so that the limit is theirs from their first instruction (a
-// server derives its Go soft limit from it, as in a container). release
-// moves this process back and removes the cgroup.
+// capMemory creates a memory cgroup below the one this process is in,
+// limited to limit bytes, for the servers and etcd the bench starts from then
+// on (command): the limit is theirs alone, as a container's, and the bench's
+// own client (which decodes every LIST it times) stays outside it. release
+// removes the cgroup once they have exited.
 func capMemory(limit int64) (c *memoryCap, release func() error, err error) {
 	own, err := ownMemoryCgroup()
 	if err != nil {
@@ -63,17 +66,49 @@ func capMemory(limit int64) (c *memoryCap, release func() error, err error) {
 		_ = os.Remove(c.dir)
 		return nil, nil, err
 	}
-	if err := c.write("cgroup.procs", strconv.Itoa(os.Getpid())); err != nil {
-		_ = os.Remove(c.dir)
-		return nil, nil, err
+	return c, c.remove, nil
+}
+
+// command is the command line that runs bin in the cgroup: a shell joins
+// it and then execs bin, so the process is inside from its first
+// instruction (a server derives its Go soft limit from the cgroup at start).
+// cgroup v1 cannot start a process in another cgroup directly.
+func (c *memoryCap) command(bin string, args []string) (string, []string) {
+	if c == nil {
+		return bin, args
 	}
-	release = func() error {
-		if err := os.WriteFile(filepath.Join(own, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
-			return fmt.Errorf("leave memory cgroup %s: %w", c.dir, err)
-		}
-		return c.remove()
+	return "/bin/sh", append([]string{"-c", `echo $$ > "$0" && exec "$@"`, filepath.Join(c.dir, "cgroup.procs"), bin}, args...)
+}
+
+// privateExecutable copies bin into dir and drops the copy from the page
+// cache, so the pages the servers run from are charged to the cgroup when
+// they first touch them, as a container's image is, rather than to the bench
+// that runs from bin and loaded them first.
+func (c *memoryCap) privateExecutable(bin, dir string) (string, error) {
+	src, err := os.Open(bin)
+	if err != nil {
+		return "", err
 	}
-	return c, release, nil
+	defer src.Close()
+	path := filepath.Join(dir, filepath.Base(bin))
+	dst, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o700)
+	if err != nil {
+		return "", err
+	}
+	if _, err := io.Copy(dst, src); err != nil {
+		dst.Close()
+		return "", fmt.Errorf("copy %s: %w", bin, err)
+	}
+	// Written pages are dirty and stay cached until written back.
+	if err := dst.Sync(); err != nil {
+		dst.Close()
+		return "", err
+	}
+	if err := unix.Fadvise(int(dst.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+		dst.Close()
+		return "", fmt.Errorf("drop %s from the page cache: %w", path, err)
+	}
+	return path, dst.Close()
 }
 
 func (c *memoryCap) write(file, value string) error {
@@ -105,6 +140,10 @@ func (c *memoryCap) oomKills() (int64, error) {
 	}
 	return 0, fmt.Errorf("%s/memory.oom_control has no oom_kill count", c.dir)
 }
+
+// limitHits is how often the cgroup's memory reached its limit (each time,
+// the kernel reclaimed pages or killed a process).
+func (c *memoryCap) limitHits() (int64, error) { return c.readInt("memory.failcnt") }
 
 // peak is the cgroup's largest memory use (page cache included).
 func (c *memoryCap) peak() (int64, error) { return c.readInt("memory.max_usage_in_bytes") }

@@ -48,9 +48,10 @@ type modeEnder struct {
 	begin  time.Time
 	budget time.Duration
 	memCap *memoryCap
-	// oomBefore is the cgroup's OOM kill count when the mode began.
-	oomBefore int64
-	dbDir     string
+	// oomBefore and limitHitsBefore are the cgroup's OOM kill count and
+	// how often it reached its limit, when the mode began.
+	oomBefore, limitHitsBefore int64
+	dbDir                      string
 	// lists and con time and print the LISTs at the size a cut seeding
 	// reached.
 	lists Repetition
@@ -65,6 +66,9 @@ func newModeEnder(mode string, opts Options, memCap *memoryCap, con *console) (*
 		}
 		var err error
 		if e.oomBefore, err = memCap.oomKills(); err != nil {
+			return nil, fmt.Errorf("memory cgroup: %w", err)
+		}
+		if e.limitHitsBefore, err = memCap.limitHits(); err != nil {
 			return nil, fmt.Errorf("memory cgroup: %w", err)
 		}
 	}
@@ -195,6 +199,13 @@ func (e *modeEnder) classify(ctx context.Context, err error, srv *server, etcd *
 			}
 			return "memory", fmt.Sprintf("out of memory: the kernel's OOM killer ended %s at the memory limit of %s (--memory-limit); the bench saw: %s",
 				who, gib(e.memCap.limit), firstLine(err))
+		}
+		// Below what a server needs to start, the kernel keeps reclaiming
+		// the executable's pages (clean, so it can) and faulting them back
+		// in, instead of killing it.
+		if hits, herr := e.memCap.limitHits(); herr == nil && hits > e.limitHitsBefore && errors.Is(err, errNotReady) {
+			return "memory", fmt.Sprintf("out of memory: the server did not become ready at the memory limit of %s (--memory-limit), which it kept reaching; the kernel reclaims the executable's pages and reads them back rather than killing it; the bench saw: %s",
+				gib(e.memCap.limit), firstLine(err))
 		}
 	}
 	if gone != nil {

@@ -67,7 +67,7 @@ func RunEtcd(ctx context.Context, dataDir, listenClient string, quota int64) err
 // startEtcd runs the etcd helper (`bin bench etcd-server`) with its data in
 // dir/etcd and waits until its /health answers; it returns the helper and
 // its client URL.
-func startEtcd(ctx context.Context, bin, dir string, quota int64, timeout time.Duration) (*process, string, error) {
+func startEtcd(ctx context.Context, bin, dir string, quota int64, timeout time.Duration, memCap *memoryCap) (*process, string, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, "", err
@@ -75,7 +75,7 @@ func startEtcd(ctx context.Context, bin, dir string, quota int64, timeout time.D
 	listen := "127.0.0.1:" + strconv.Itoa(port)
 	p, err := startProcess("etcd", bin, []string{"bench", "etcd-server", "--data-dir", etcdDataDir(dir), "--listen-client", listen,
 		"--quota-backend-bytes", strconv.FormatInt(quota, 10)},
-		filepath.Join(dir, "etcd.log"))
+		filepath.Join(dir, "etcd.log"), memCap)
 	if err != nil {
 		return nil, "", err
 	}

@@ -33,12 +33,14 @@ type process struct {
 	peakResident atomic.Int64
 }
 
-func startProcess(name, bin string, args []string, logPath string) (*process, error) {
+// startProcess starts bin, inside memCap's cgroup when memCap is set.
+func startProcess(name, bin string, args []string, logPath string, memCap *memoryCap) (*process, error) {
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, args...)
+	path, argv := memCap.command(bin, args)
+	cmd := exec.Command(path, argv...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// A child must not outlive the bench, however the bench ends.
 	released, err := childguard.Start(cmd)

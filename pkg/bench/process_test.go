@@ -15,7 +15,7 @@ func TestProcessMemory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := startProcess("sleep", sleep, []string{"60"}, filepath.Join(t.TempDir(), "sleep.log"))
+	p, err := startProcess("sleep", sleep, []string{"60"}, filepath.Join(t.TempDir(), "sleep.log"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,7 +24,9 @@ type Report struct {
 	Workers      int        `json:"seeding_clients"`
 	IdleSecs     float64    `json:"idle_seconds"`
 	ChurnObjects int        `json:"churn_objects"`
-	Results      []Result   `json:"results"`
+	// MemoryLimitBytes is --memory-limit: the servers' cgroup limit.
+	MemoryLimitBytes int64    `json:"memory_limit_bytes,omitempty"`
+	Results          []Result `json:"results"`
 	// Mixed is the mixed workload in each mode.
 	Mixed   []MixedResult `json:"mixed,omitempty"`
 	Targets []Target      `json:"targets,omitempty"`
@@ -55,6 +57,7 @@ func newReport(opts Options) *Report {
 		Started: time.Now().UTC(), Command: opts.Command, Host: hostInfo(), Sizes: opts.Sizes,
 		Runs: opts.Repetition.Runs, BudgetSecs: opts.Repetition.Budget.Seconds(),
 		WatchSamples: opts.WatchSamples, Workers: opts.Workers, IdleSecs: opts.IdleDuration.Seconds(), ChurnObjects: opts.ChurnObjects,
+		MemoryLimitBytes: opts.MemoryLimit,
 	}
 	for _, m := range opts.Modes {
 		r.Modes = append(r.Modes, ModeInfo{Name: m.Name, Description: m.Description, ServerArgs: m.ServerArgs, Etcd: m.Etcd})
@@ -136,6 +139,11 @@ func (r *Report) WriteText(w io.Writer) {
 		rows = append(rows, r.single("peak anonymous RSS, MiB", modes, n, func(res Result) float64 {
 			return float64(res.ServerPeakAnonBytes+res.EtcdPeakAnonBytes) / (1 << 20)
 		}))
+		if r.MemoryLimitBytes > 0 {
+			rows = append(rows, r.single("memory cgroup peak, MiB", modes, n, func(res Result) float64 {
+				return float64(res.CgroupPeakBytes) / (1 << 20)
+			}))
+		}
 		rows = append(rows, r.single("idle anonymous RSS (no objects), MiB", modes, n, func(res Result) float64 {
 			return float64(res.IdleAnonBytes) / (1 << 20)
 		}))
@@ -250,6 +258,14 @@ func ratio(v float64) string {
 		return fmt.Sprintf("%.0f×", v)
 	}
 	return fmt.Sprintf("%.1f×", v)
+}
+
+// cgroupPeakNote is ", memory cgroup peak X" when there is a cgroup.
+func cgroupPeakNote(b int64) string {
+	if b == 0 {
+		return ""
+	}
+	return ", memory cgroup peak " + mib(b)
 }
 
 func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }

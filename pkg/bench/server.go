@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -26,9 +27,13 @@ type server struct {
 	host string
 }
 
+// errNotReady is wrapped by the error of a server that did not become
+// ready within its start timeout.
+var errNotReady = errors.New("start timed out")
+
 // startServer runs `bin server` on a free loopback port and waits until its
 // /readyz answers ok through the kubeconfig it writes.
-func startServer(ctx context.Context, bin, dir string, extra []string, timeout time.Duration) (*server, error) {
+func startServer(ctx context.Context, bin, dir string, extra []string, timeout time.Duration, memCap *memoryCap) (*server, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -36,7 +41,7 @@ func startServer(ctx context.Context, bin, dir string, extra []string, timeout t
 	dataDir := filepath.Join(dir, "server")
 	args := append([]string{"server", "--data-dir", dataDir, "--bind-address", "127.0.0.1",
 		"--https-listen-port", strconv.Itoa(port)}, extra...)
-	p, err := startProcess("harikube server", bin, args, filepath.Join(dir, "server.log"))
+	p, err := startProcess("harikube server", bin, args, filepath.Join(dir, "server.log"), memCap)
 	if err != nil {
 		return nil, err
 	}
@@ -73,7 +78,7 @@ func (s *server) waitReady(ctx context.Context, timeout time.Duration) error {
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
-	return fmt.Errorf("harikube server not ready after %s (last check: %v)\n%s", timeout, last, s.logTail(20))
+	return fmt.Errorf("harikube server not ready after %s (last check: %v): %w\n%s", timeout, last, errNotReady, s.logTail(20))
 }
 
 // connect builds the bench's client from the server's kubeconfig and

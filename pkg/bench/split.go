@@ -85,7 +85,7 @@ func RunSplit(ctx context.Context, opts SplitOptions) ([]SplitResult, error) {
 
 func runSplitLayout(ctx context.Context, opts SplitOptions, con *console, dir, layout string, extra []string) (SplitResult, error) {
 	con.printf("%s: starting harikube server %v\n", layout, extra)
-	srv, err := startServer(ctx, opts.Binary, dir, extra, opts.StartTimeout)
+	srv, err := startServer(ctx, opts.Binary, dir, extra, opts.StartTimeout, nil)
 	if err != nil {
 		return SplitResult{}, err
 	}
