@@ -243,3 +243,19 @@ func TestChartIsWellFormedSVGWithEverySeries(t *testing.T) {
 		}
 	}
 }
+
+// TestChartOfARunWithoutFigures: a run whose modes all ended before their
+// first size still gets its chart (log axes with nothing on them panicked
+// in gonum/plot).
+func TestChartOfARunWithoutFigures(t *testing.T) {
+	rep := &Report{Sizes: []int{100000}, Modes: []ModeInfo{{Name: "harikube"}}}
+	var buf bytes.Buffer
+	if err := rep.WriteChart(&buf); err != nil {
+		t.Fatal(err)
+	}
+	for _, title := range []string{chartListTitle, chartRSSTitle} {
+		if !strings.Contains(buf.String(), title+" (no figures)") {
+			t.Errorf("chart lacks the panel %q marked as having no figures", title)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -79,6 +80,7 @@ func (r *Report) chartPanel(title, yLabel string, logY bool, value func(Result) 
 	}
 	p.Legend.Top, p.Legend.Left = true, true
 	p.Add(plotter.NewGrid())
+	plotted := 0
 	for i, mode := range r.modeNames() {
 		var xys plotter.XYs
 		for _, n := range r.Sizes {
@@ -99,6 +101,17 @@ func (r *Report) chartPanel(title, yLabel string, logY bool, value func(Result) 
 		points.Shape = plotutil.Shape(i)
 		p.Add(line, points)
 		p.Legend.Add(mode, line, points)
+		plotted++
+	}
+	if plotted == 0 {
+		// A run that ended before its first figures: the log axes still
+		// need a positive range.
+		p.Title.Text += " (no figures)"
+		p.X.Min, p.X.Max = 10, 1000
+		if len(r.Sizes) > 0 {
+			p.X.Min, p.X.Max = float64(slices.Min(r.Sizes)), float64(slices.Max(r.Sizes))*10
+		}
+		p.Y.Min, p.Y.Max = 1, 10
 	}
 	return p, nil
 }
