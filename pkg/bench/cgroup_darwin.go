@@ -1,6 +1,9 @@
 package bench
 
-import "errors"
+import (
+	"errors"
+	"time"
+)
 
 // memoryCap is a cgroup memory limit, which macOS does not have.
 type memoryCap struct {
@@ -15,7 +18,9 @@ func capMemory(int64) (*memoryCap, func() error, error) {
 func (c *memoryCap) oomKills() (int64, error)  { return 0, nil }
 func (c *memoryCap) peak() (int64, error)      { return 0, nil }
 func (c *memoryCap) limitHits() (int64, error) { return 0, nil }
-func (c *memoryCap) resetPeak() error          { return nil }
+
+func (c *memoryCap) stillAtLimit(time.Duration) bool { return false }
+func (c *memoryCap) resetPeak() error                { return nil }
 
 func (c *memoryCap) command(bin string, args []string) (string, []string) { return bin, args }
 func (c *memoryCap) privateExecutable(bin, _ string) (string, error)      { return bin, nil }

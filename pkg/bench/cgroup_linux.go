@@ -145,6 +145,17 @@ func (c *memoryCap) oomKills() (int64, error) {
 // the kernel reclaimed pages or killed a process).
 func (c *memoryCap) limitHits() (int64, error) { return c.readInt("memory.failcnt") }
 
+// stillAtLimit reports whether the cgroup reaches its limit again within d.
+func (c *memoryCap) stillAtLimit(d time.Duration) bool {
+	before, err := c.limitHits()
+	if err != nil {
+		return false
+	}
+	time.Sleep(d)
+	after, err := c.limitHits()
+	return err == nil && after > before
+}
+
 // peak is the cgroup's largest memory use (page cache included).
 func (c *memoryCap) peak() (int64, error) { return c.readInt("memory.max_usage_in_bytes") }
 

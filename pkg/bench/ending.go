@@ -200,11 +200,16 @@ func (e *modeEnder) classify(ctx context.Context, err error, srv *server, etcd *
 			return "memory", fmt.Sprintf("out of memory: the kernel's OOM killer ended %s at the memory limit of %s (--memory-limit); the bench saw: %s",
 				who, gib(e.memCap.limit), firstLine(err))
 		}
-		// Below what a server needs to start, the kernel keeps reclaiming
-		// the executable's pages (clean, so it can) and faulting them back
-		// in, instead of killing it.
+		// Short of memory, the kernel keeps reclaiming the executable's
+		// pages (clean, so it can) and faulting them back in, instead of
+		// killing the process: a server that cannot start, or that stops
+		// answering while its cgroup is still at the limit, ended there.
 		if hits, herr := e.memCap.limitHits(); herr == nil && hits > e.limitHitsBefore && errors.Is(err, errNotReady) {
 			return "memory", fmt.Sprintf("out of memory: the server did not become ready at the memory limit of %s (--memory-limit), which it kept reaching; the kernel reclaims the executable's pages and reads them back rather than killing it; the bench saw: %s",
+				gib(e.memCap.limit), firstLine(err))
+		}
+		if gone == nil && isConnectionError(err) && e.memCap.stillAtLimit(time.Second) {
+			return "memory", fmt.Sprintf("out of memory: the server stopped answering at the memory limit of %s (--memory-limit), which it kept reaching; the kernel reclaims the executable's pages and reads them back rather than killing it; the bench saw: %s",
 				gib(e.memCap.limit), firstLine(err))
 		}
 	}
