@@ -305,6 +305,8 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode, memCap *me
 		}
 	}()
 	ender.dbDir = dbDir
+	ctx, stopWatch := ender.watchStall(ctx, srv)
+	defer stopWatch()
 	startup := time.Since(start).Seconds()
 	con.printf("server ready in %.1fs (pid %d)\n", startup, srv.cmd.Process.Pid)
 	if err := createCRD(ctx, srv.client, m.CRDAnnotations, time.Minute); err != nil {

@@ -75,6 +75,69 @@ func newModeEnder(mode string, opts Options, memCap *memoryCap, con *console) (*
 	return e, nil
 }
 
+// errStalledAtLimit is the cause of a mode's context when its server
+// stopped answering while its cgroup kept reaching --memory-limit.
+var errStalledAtLimit = errors.New("server stalled at the memory limit")
+
+// Short of memory, the kernel reclaims a server's executable pages (clean,
+// so it can) and reads them back rather than killing it; the process then
+// crawls, and the clients' retries would wait on it for ever. A server that
+// fails stallStrikes checks in a row, stallCheckEvery apart, each without
+// an answer from /readyz within stallProbeTimeout while the cgroup was at
+// its limit, has stalled there.
+const (
+	stallCheckEvery   = 10 * time.Second
+	stallProbeTimeout = 10 * time.Second
+	stallStrikes      = 3
+)
+
+// stallWatch ends a mode whose server stalls at the memory limit.
+type stallWatch struct {
+	every   time.Duration
+	strikes int
+	// answers probes the server; atLimit reports whether the cgroup is
+	// (still) reaching its limit.
+	answers func(context.Context) error
+	atLimit func() bool
+}
+
+// run cancels the mode with errStalledAtLimit once the server has stalled,
+// and returns when ctx ends.
+func (w stallWatch) run(ctx context.Context, cancel context.CancelCauseFunc) {
+	tick := time.NewTicker(w.every)
+	defer tick.Stop()
+	strikes := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if w.answers(ctx) == nil || ctx.Err() != nil || !w.atLimit() {
+			strikes = 0
+			continue
+		}
+		if strikes++; strikes >= w.strikes {
+			cancel(errStalledAtLimit)
+			return
+		}
+	}
+}
+
+// watchStall watches srv while the mode runs, when the servers have a
+// memory limit; stop ends the watch.
+func (e *modeEnder) watchStall(ctx context.Context, srv *server) (context.Context, func()) {
+	if e.memCap == nil {
+		return ctx, func() {}
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	w := stallWatch{every: stallCheckEvery, strikes: stallStrikes,
+		answers: func(ctx context.Context) error { return srv.answers(ctx, stallProbeTimeout) },
+		atLimit: func() bool { return e.memCap.stillAtLimit(time.Second) }}
+	go w.run(ctx, cancel)
+	return ctx, func() { cancel(nil) }
+}
+
 // withBudget bounds the mode's context by --mode-budget.
 func (e *modeEnder) withBudget(ctx context.Context) (context.Context, context.CancelFunc) {
 	if e.budget <= 0 {
@@ -218,6 +281,10 @@ func (e *modeEnder) classify(ctx context.Context, err error, srv *server, etcd *
 	}
 	if strings.Contains(err.Error(), "database space exceeded") {
 		return "etcd-quota", "etcd's quota is full (mvcc: database space exceeded)"
+	}
+	if errors.Is(context.Cause(ctx), errStalledAtLimit) {
+		return "memory", fmt.Sprintf("out of memory: the server stopped answering at the memory limit of %s (--memory-limit): /readyz unanswered for %d checks %s apart while the cgroup kept reaching its limit (the kernel reclaims the executable's pages and reads them back rather than killing it); the bench saw: %s",
+			gib(e.memCap.limit), stallStrikes, stallCheckEvery, firstLine(err))
 	}
 	if errors.Is(context.Cause(ctx), errModeBudget) {
 		return "time", fmt.Sprintf("time budget of %s spent (--mode-budget)", e.budget)

@@ -114,6 +114,25 @@ func (s *server) connect(ctx context.Context, kubeconfig string) (func() error, 
 	}, nil
 }
 
+// answers checks that the server's /readyz answers ok within timeout.
+func (s *server) answers(ctx context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.host+"/readyz", nil)
+	if err != nil {
+		return err
+	}
+	res, err := s.http.Do(req)
+	if err != nil {
+		return err
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return fmt.Errorf("/readyz: %s", res.Status)
+	}
+	return nil
+}
+
 // restConfig is the admin kubeconfig with client-side rate limits high
 // enough never to throttle the bench.
 func restConfig(kubeconfig string) (*rest.Config, error) {
