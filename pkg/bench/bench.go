@@ -61,8 +61,8 @@ type Options struct {
 	ProfileDir string
 	// MemoryLimit caps the memory of the servers and etcd the bench starts
 	// (one cgroup, as a container's limit; the bench stays outside); a mode
-	// whose server the kernel kills at the cap ends reported, and the next
-	// mode runs. 0: no cap.
+	// whose server the kernel kills at the cap, or that cannot start or
+	// stalls there, ends reported, and the next mode runs. 0: no cap.
 	MemoryLimit int64
 	// ModeBudget bounds each mode's time; a mode that spends it ends
 	// reported with the figures so far. 0: no bound.
@@ -147,7 +147,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 			return nil, err
 		}
 		defer os.RemoveAll(binDir)
-		bin, err := memCap.privateExecutable(opts.Binary, binDir)
+		bin, err := uncachedCopy(opts.Binary, binDir)
 		if err != nil {
 			return nil, fmt.Errorf("--memory-limit: %w", err)
 		}
@@ -271,7 +271,7 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode, memCap *me
 	var endpoint string
 	if m.Etcd {
 		if etcd, endpoint, err = startEtcd(ctx, opts.Binary, dir, opts.EtcdQuota, opts.StartTimeout, memCap); err != nil {
-			return nil, nil, err
+			return nil, nil, ender.end(ctx, err, nil, nil, 0, nil)
 		}
 		defer func() {
 			if etcd != nil {
@@ -381,6 +381,7 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode, memCap *me
 		results[len(results)-1].History = &h
 	}
 
+	stopWatch() // a server shutting down stops answering /readyz
 	err = srv.stop(2 * time.Minute)
 	srv = nil
 	if err == nil && etcd != nil {

@@ -15,12 +15,11 @@ func capMemory(int64) (*memoryCap, func() error, error) {
 	return nil, nil, errors.New("--memory-limit needs Linux cgroups")
 }
 
-func (c *memoryCap) oomKills() (int64, error)  { return 0, nil }
-func (c *memoryCap) peak() (int64, error)      { return 0, nil }
-func (c *memoryCap) limitHits() (int64, error) { return 0, nil }
+func (c *memoryCap) oomKills() (int64, error) { return 0, nil }
+func (c *memoryCap) peak() (int64, error)     { return 0, nil }
 
-func (c *memoryCap) stillAtLimit(time.Duration) bool { return false }
-func (c *memoryCap) resetPeak() error                { return nil }
+func (c *memoryCap) hitsLimitWithin(time.Duration) bool { return false }
+func (c *memoryCap) resetPeak() error                   { return nil }
 
 func (c *memoryCap) command(bin string, args []string) (string, []string) { return bin, args }
-func (c *memoryCap) privateExecutable(bin, _ string) (string, error)      { return bin, nil }
+func uncachedCopy(bin, _ string) (string, error)                          { return bin, nil }

@@ -77,14 +77,22 @@ func (c *memoryCap) command(bin string, args []string) (string, []string) {
 	if c == nil {
 		return bin, args
 	}
-	return "/bin/sh", append([]string{"-c", `echo $$ > "$0" && exec "$@"`, filepath.Join(c.dir, "cgroup.procs"), bin}, args...)
+	return "/bin/sh", append([]string{"-c", `echo $$ > "$1" && shift && exec "$@"`, "harikube-bench-cgroup", filepath.Join(c.dir, "cgroup.procs"), bin}, args...)
 }
 
-// privateExecutable copies bin into dir and drops the copy from the page
-// cache, so the pages the servers run from are charged to the cgroup when
-// they first touch them, as a container's image is, rather than to the bench
-// that runs from bin and loaded them first.
-func (c *memoryCap) privateExecutable(bin, dir string) (string, error) {
+// uncachedCopy copies bin into dir and drops the copy from the page cache,
+// so the pages the servers run from are charged to the cgroup when they
+// first touch them, as a container's image is, rather than to the bench
+// that runs from bin and loaded them first. On tmpfs the pages cannot
+// leave memory, so dir must be on a disk.
+func uncachedCopy(bin, dir string) (string, error) {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err != nil {
+		return "", err
+	}
+	if fs.Type == unix.TMPFS_MAGIC {
+		return "", fmt.Errorf("%s is on tmpfs, whose pages stay in memory and would not be charged to the servers; give --work-dir a directory on a disk", dir)
+	}
 	src, err := os.Open(bin)
 	if err != nil {
 		return "", err
@@ -145,8 +153,9 @@ func (c *memoryCap) oomKills() (int64, error) {
 // the kernel reclaimed pages or killed a process).
 func (c *memoryCap) limitHits() (int64, error) { return c.readInt("memory.failcnt") }
 
-// stillAtLimit reports whether the cgroup reaches its limit again within d.
-func (c *memoryCap) stillAtLimit(d time.Duration) bool {
+// hitsLimitWithin waits d and reports whether the cgroup reached its limit
+// meanwhile.
+func (c *memoryCap) hitsLimitWithin(d time.Duration) bool {
 	before, err := c.limitHits()
 	if err != nil {
 		return false

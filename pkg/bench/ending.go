@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -48,10 +49,9 @@ type modeEnder struct {
 	begin  time.Time
 	budget time.Duration
 	memCap *memoryCap
-	// oomBefore and limitHitsBefore are the cgroup's OOM kill count and
-	// how often it reached its limit, when the mode began.
-	oomBefore, limitHitsBefore int64
-	dbDir                      string
+	// oomBefore is the cgroup's OOM kill count when the mode began.
+	oomBefore int64
+	dbDir     string
 	// lists and con time and print the LISTs at the size a cut seeding
 	// reached.
 	lists Repetition
@@ -68,16 +68,24 @@ func newModeEnder(mode string, opts Options, memCap *memoryCap, con *console) (*
 		if e.oomBefore, err = memCap.oomKills(); err != nil {
 			return nil, fmt.Errorf("memory cgroup: %w", err)
 		}
-		if e.limitHitsBefore, err = memCap.limitHits(); err != nil {
-			return nil, fmt.Errorf("memory cgroup: %w", err)
-		}
 	}
 	return e, nil
 }
 
 // errStalledAtLimit is the cause of a mode's context when its server
-// stopped answering while its cgroup kept reaching --memory-limit.
+// stopped answering while its cgroup kept reaching --memory-limit, and is
+// wrapped by the error of a start that timed out so.
 var errStalledAtLimit = errors.New("server stalled at the memory limit")
+
+// markStalled wraps errStalledAtLimit into a start's timeout (errNotReady)
+// when the cgroup is still reaching its limit, checked before the process
+// is stopped.
+func (c *memoryCap) markStalled(err error) error {
+	if c != nil && errors.Is(err, errNotReady) && c.hitsLimitWithin(time.Second) {
+		return fmt.Errorf("%w (%w)", err, errStalledAtLimit)
+	}
+	return err
+}
 
 // Short of memory, the kernel reclaims a server's executable pages (clean,
 // so it can) and reads them back rather than killing it; the process then
@@ -125,7 +133,8 @@ func (w stallWatch) run(ctx context.Context, cancel context.CancelCauseFunc) {
 }
 
 // watchStall watches srv while the mode runs, when the servers have a
-// memory limit; stop ends the watch.
+// memory limit; stop ends the watch and waits for it (once; later calls
+// return at once).
 func (e *modeEnder) watchStall(ctx context.Context, srv *server) (context.Context, func()) {
 	if e.memCap == nil {
 		return ctx, func() {}
@@ -133,9 +142,19 @@ func (e *modeEnder) watchStall(ctx context.Context, srv *server) (context.Contex
 	ctx, cancel := context.WithCancelCause(ctx)
 	w := stallWatch{every: stallCheckEvery, strikes: stallStrikes,
 		answers: func(ctx context.Context) error { return srv.answers(ctx, stallProbeTimeout) },
-		atLimit: func() bool { return e.memCap.stillAtLimit(time.Second) }}
-	go w.run(ctx, cancel)
-	return ctx, func() { cancel(nil) }
+		atLimit: func() bool { return e.memCap.hitsLimitWithin(time.Second) }}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		w.run(ctx, cancel)
+	}()
+	var once sync.Once
+	return ctx, func() {
+		once.Do(func() {
+			cancel(nil)
+			<-done
+		})
+	}
 }
 
 // withBudget bounds the mode's context by --mode-budget.
@@ -267,11 +286,12 @@ func (e *modeEnder) classify(ctx context.Context, err error, srv *server, etcd *
 		// pages (clean, so it can) and faulting them back in, instead of
 		// killing the process: a server that cannot start, or that stops
 		// answering while its cgroup is still at the limit, ended there.
-		if hits, herr := e.memCap.limitHits(); herr == nil && hits > e.limitHitsBefore && errors.Is(err, errNotReady) {
+		if errors.Is(err, errNotReady) && errors.Is(err, errStalledAtLimit) {
 			return "memory", fmt.Sprintf("out of memory: the server did not become ready at the memory limit of %s (--memory-limit), which it kept reaching; the kernel reclaims the executable's pages and reads them back rather than killing it; the bench saw: %s",
 				gib(e.memCap.limit), firstLine(err))
 		}
-		if gone == nil && isConnectionError(err) && e.memCap.stillAtLimit(time.Second) {
+		if gone == nil && srv != nil && isConnectionError(err) && !errors.Is(err, context.DeadlineExceeded) &&
+			srv.answers(ctx, stallProbeTimeout) != nil && e.memCap.hitsLimitWithin(time.Second) {
 			return "memory", fmt.Sprintf("out of memory: the server stopped answering at the memory limit of %s (--memory-limit), which it kept reaching; the kernel reclaims the executable's pages and reads them back rather than killing it; the bench saw: %s",
 				gib(e.memCap.limit), firstLine(err))
 		}
@@ -283,7 +303,7 @@ func (e *modeEnder) classify(ctx context.Context, err error, srv *server, etcd *
 		return "etcd-quota", "etcd's quota is full (mvcc: database space exceeded)"
 	}
 	if errors.Is(context.Cause(ctx), errStalledAtLimit) {
-		return "memory", fmt.Sprintf("out of memory: the server stopped answering at the memory limit of %s (--memory-limit): /readyz unanswered for %d checks %s apart while the cgroup kept reaching its limit (the kernel reclaims the executable's pages and reads them back rather than killing it); the bench saw: %s",
+		return "memory", fmt.Sprintf("out of memory: the server stopped answering at the memory limit of %s (--memory-limit): /readyz unanswered for %d checks in a row, every %s or so, while the cgroup kept reaching its limit (the kernel reclaims the executable's pages and reads them back rather than killing it); the bench saw: %s",
 			gib(e.memCap.limit), stallStrikes, stallCheckEvery, firstLine(err))
 	}
 	if errors.Is(context.Cause(ctx), errModeBudget) {

@@ -94,8 +94,9 @@ func startEtcd(ctx context.Context, bin, dir string, quota int64, timeout time.D
 			}
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
+			err := memCap.markStalled(fmt.Errorf("etcd not healthy after %s: %w\n%s", timeout, errNotReady, p.logTail(20)))
 			_ = p.stop(10 * time.Second)
-			return nil, "", fmt.Errorf("etcd not healthy after %s\n%s", timeout, p.logTail(20))
+			return nil, "", err
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

@@ -1,8 +1,6 @@
 package bench
 
 import (
-	"context"
-	"errors"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -38,37 +36,5 @@ func TestProcessMemory(t *testing.T) {
 	rss, err := p.peakRSS()
 	if err != nil || rss < p.peakResident.Load()/2 {
 		t.Errorf("peakRSS() = %d, %v; want about the sampled %d or more", rss, err, p.peakResident.Load())
-	}
-}
-
-// TestStallWatch: the watch cancels the mode only when the server stays
-// unanswering while the cgroup is at its limit, check after check.
-func TestStallWatch(t *testing.T) {
-	down := func(context.Context) error { return errors.New("no answer") }
-	up := func(context.Context) error { return nil }
-	for _, tc := range []struct {
-		name    string
-		answers func(context.Context) error
-		atLimit bool
-		stalled bool
-	}{
-		{"unanswering at the limit", down, true, true},
-		{"unanswering below the limit", down, false, false},
-		{"answering at the limit", up, true, false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			ctx, cancel := context.WithCancelCause(context.Background())
-			defer cancel(nil)
-			w := stallWatch{every: 5 * time.Millisecond, strikes: 3, answers: tc.answers, atLimit: func() bool { return tc.atLimit }}
-			done := make(chan struct{})
-			go func() { w.run(ctx, cancel); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(500 * time.Millisecond):
-			}
-			if got := errors.Is(context.Cause(ctx), errStalledAtLimit); got != tc.stalled {
-				t.Errorf("stalled: %v, want %v", got, tc.stalled)
-			}
-		})
 	}
 }

@@ -47,6 +47,7 @@ func startServer(ctx context.Context, bin, dir string, extra []string, timeout t
 	}
 	s := &server{process: p, dataDir: dataDir}
 	if err := s.waitReady(ctx, timeout); err != nil {
+		err = memCap.markStalled(err)
 		_ = p.stop(30 * time.Second)
 		return nil, err
 	}
@@ -95,23 +96,8 @@ func (s *server) connect(ctx context.Context, kubeconfig string) (func() error, 
 	if err != nil {
 		return nil, err
 	}
-	hc := &http.Client{Transport: rt, Timeout: 5 * time.Second}
 	s.http, s.host = &http.Client{Transport: rt}, rc.Host
-	return func() error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, rc.Host+"/readyz", nil)
-		if err != nil {
-			return err
-		}
-		res, err := hc.Do(req)
-		if err != nil {
-			return err
-		}
-		res.Body.Close()
-		if res.StatusCode != http.StatusOK {
-			return fmt.Errorf("/readyz: %s", res.Status)
-		}
-		return nil
-	}, nil
+	return func() error { return s.answers(ctx, 5*time.Second) }, nil
 }
 
 // answers checks that the server's /readyz answers ok within timeout.

@@ -112,7 +112,7 @@ where PostgreSQL is not installed).`,
 	f.DurationVar(&opts.IdleDuration, "idle-duration", 10*time.Second, "how long each server stands idle (its CRD, no objects) before its idle anonymous RSS is read; the heap takes minutes to reach its collector's goal")
 	f.IntVar(&opts.ChurnObjects, "churn-objects", 2000, "extra widgets updated and deleted at each size, at most N (500 with --quick)")
 	f.StringVar(&opts.ProfileDir, "profile-dir", "", "save pprof profiles of each server here: heap after each size, CPU while seeding (go tool pprof reads them)")
-	f.StringVar(&memoryLimit, "memory-limit", "", "cap the memory of the servers and etcd the bench starts (one cgroup v1 memory cgroup, as a container's limit; e.g. 10Gi); a mode killed at the cap ends reported and the next mode runs")
+	f.StringVar(&memoryLimit, "memory-limit", "", "cap the memory of the servers and etcd the bench starts (one cgroup v1 memory cgroup, as a container's limit; e.g. 10Gi); a mode killed at the cap, or that cannot start or stalls there, ends reported and the next mode runs")
 	f.DurationVar(&opts.StartTimeout, "start-timeout", 3*time.Minute, "how long a server (and etcd) may take to become ready")
 	f.DurationVar(&opts.ModeBudget, "mode-budget", 0, "bound each mode's time (e.g. 30m); a mode that spends it ends reported with the figures so far (0: no bound)")
 	f.IntVar(&opts.MaxListObjects, "max-list-objects", 0, "skip the LIST workloads that would return more objects than this, e.g. 10000 at N = 1,000,000 (0: skip none)")

@@ -139,11 +139,11 @@ func TestBenchModeKilledAtMemoryLimitIsReported(t *testing.T) {
 	}
 }
 
-// TestBenchMemoryLimitIsTheServers: --memory-limit caps the servers the
-// bench starts, not the bench; a mode that fits finishes and reports the
-// cgroup's peak, which holds the server's whole resident memory (its
-// executable's pages included, as a container's limit would).
-func TestBenchMemoryLimitIsTheServers(t *testing.T) {
+// TestBenchMemoryLimitHoldsTheServer: under --memory-limit a mode that fits
+// finishes and reports the cgroup's peak, which holds the server's whole
+// resident memory (its executable's pages included, as a container's limit
+// would).
+func TestBenchMemoryLimitHoldsTheServer(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("creating a memory cgroup needs root (CI runs as root)")
 	}
