@@ -72,6 +72,10 @@ func newModeEnder(mode string, opts Options, memCap *memoryCap, con *console) (*
 	return e, nil
 }
 
+// reclaimNotKill says why a server short of memory stalls instead of
+// being killed.
+const reclaimNotKill = "the kernel reclaims the executable's pages and reads them back rather than killing it"
+
 // errStalledAtLimit is the cause of a mode's context when its server
 // stopped answering while its cgroup kept reaching --memory-limit, and is
 // wrapped by the error of a start that timed out so.
@@ -287,13 +291,14 @@ func (e *modeEnder) classify(ctx context.Context, err error, srv *server, etcd *
 		// killing the process: a server that cannot start, or that stops
 		// answering while its cgroup is still at the limit, ended there.
 		if errors.Is(err, errNotReady) && errors.Is(err, errStalledAtLimit) {
-			return "memory", fmt.Sprintf("out of memory: the server did not become ready at the memory limit of %s (--memory-limit), which it kept reaching; the kernel reclaims the executable's pages and reads them back rather than killing it; the bench saw: %s",
-				gib(e.memCap.limit), firstLine(err))
+			return "memory", fmt.Sprintf("out of memory: the server did not become ready at the memory limit of %s (--memory-limit), which it kept reaching; %s; the bench saw: %s",
+				gib(e.memCap.limit), reclaimNotKill, firstLine(err))
 		}
-		if gone == nil && srv != nil && isConnectionError(err) && !errors.Is(err, context.DeadlineExceeded) &&
+		// ctx still live: a probe on an ended context fails for that alone.
+		if gone == nil && srv != nil && ctx.Err() == nil && isConnectionError(err) && !errors.Is(err, context.DeadlineExceeded) &&
 			srv.answers(ctx, stallProbeTimeout) != nil && e.memCap.hitsLimitWithin(time.Second) {
-			return "memory", fmt.Sprintf("out of memory: the server stopped answering at the memory limit of %s (--memory-limit), which it kept reaching; the kernel reclaims the executable's pages and reads them back rather than killing it; the bench saw: %s",
-				gib(e.memCap.limit), firstLine(err))
+			return "memory", fmt.Sprintf("out of memory: the server stopped answering at the memory limit of %s (--memory-limit), which it kept reaching; %s; the bench saw: %s",
+				gib(e.memCap.limit), reclaimNotKill, firstLine(err))
 		}
 	}
 	if gone != nil {
@@ -303,8 +308,8 @@ func (e *modeEnder) classify(ctx context.Context, err error, srv *server, etcd *
 		return "etcd-quota", "etcd's quota is full (mvcc: database space exceeded)"
 	}
 	if errors.Is(context.Cause(ctx), errStalledAtLimit) {
-		return "memory", fmt.Sprintf("out of memory: the server stopped answering at the memory limit of %s (--memory-limit): /readyz unanswered for %d checks in a row, every %s or so, while the cgroup kept reaching its limit (the kernel reclaims the executable's pages and reads them back rather than killing it); the bench saw: %s",
-			gib(e.memCap.limit), stallStrikes, stallCheckEvery, firstLine(err))
+		return "memory", fmt.Sprintf("out of memory: the server stopped answering at the memory limit of %s (--memory-limit): /readyz unanswered for %d checks in a row, every %s or so, while the cgroup kept reaching its limit (%s); the bench saw: %s",
+			gib(e.memCap.limit), stallStrikes, stallCheckEvery, reclaimNotKill, firstLine(err))
 	}
 	if errors.Is(context.Cause(ctx), errModeBudget) {
 		return "time", fmt.Sprintf("time budget of %s spent (--mode-budget)", e.budget)
