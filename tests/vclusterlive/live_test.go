@@ -41,6 +41,7 @@ import (
 type variant struct {
 	version  string // of the syncer (scripts/build-vcluster-syncer)
 	manifest string // in package/, applied unedited
+	values   string // in package/, what manifest is rendered from
 	// perComponent: only the image is set; the syncer starts /binaries/kine,
 	// /binaries/kube-apiserver and /binaries/kube-controller-manager with
 	// its own flags. Otherwise all-in-one: `harikube server --vcluster`.
@@ -48,8 +49,8 @@ type variant struct {
 }
 
 var variants = []variant{
-	{version: "v0.30.0", manifest: "vcluster-kine-sqlite.yaml"},
-	{version: "v0.36.1", manifest: "vcluster-0.36-per-component.yaml", perComponent: true},
+	{version: "v0.30.0", manifest: "vcluster-kine-sqlite.yaml", values: "vcluster-values.yaml"},
+	{version: "v0.36.1", manifest: "vcluster-0.36-per-component.yaml", values: "vcluster-0.36-per-component-values.yaml", perComponent: true},
 }
 
 // kineMetricsURL is where vCluster 0.35+ has its kine serve metrics.
@@ -68,7 +69,10 @@ const (
 
 // TestSyncer runs vCluster 0.30's syncer with package/vcluster-kine-sqlite.yaml
 // (all-in-one) and 0.36's with package/vcluster-0.36-per-component.yaml,
-// each unedited, on a k3s-like and a kind-like host.
+// each unedited, on a k3s-like and a kind-like host. On the kind-like host
+// 0.36 is installed as the README tells users of vCluster's snapshots to
+// install it, with `vcluster create` (Helm) and the values file, and its
+// snapshot is taken with `vcluster snapshot create`.
 func TestSyncer(t *testing.T) {
 	for _, v := range variants {
 		t.Run(v.version, func(t *testing.T) {
@@ -111,16 +115,21 @@ func runLive(t *testing.T, v variant, syncerDir, hostCIDR string, reapply bool) 
 	})
 
 	// The host side, as `kubectl apply -f package/vcluster-kine-sqlite.yaml`
-	// on a cluster with one node.
-	kubectl(t, host.Kubeconfig, "create", "namespace", namespace)
-	kubectl(t, host.Kubeconfig, "apply", "-f", filepath.Join(repoRoot(), "package", v.manifest))
+	// (or `vcluster create`) on a cluster with one node.
+	helmInstalled := v.perComponent && !reapply
+	if helmInstalled {
+		vclusterCreate(t, v, host, syncerDir)
+	} else {
+		kubectl(t, host.Kubeconfig, "create", "namespace", namespace)
+		kubectl(t, host.Kubeconfig, "apply", "-f", filepath.Join(repoRoot(), "package", v.manifest))
+	}
 	keepNodeReady(t, host.Client)
 	poll(t, "the StatefulSet's pod "+release+"-0", time.Second, 2*time.Minute, func() (bool, error) {
 		_, err := host.Client.CoreV1().Pods(namespace).Get(ctx, release+"-0", metav1.GetOptions{})
 		return err == nil, err
 	})
 	pod := bindAndRun(t, host.Client, namespace, release+"-0", "127.0.0.1")
-	if v.perComponent {
+	if v.perComponent && !helmInstalled {
 		checkSnapshotCLIWithoutRelease(t, host, syncerDir)
 	}
 
@@ -215,7 +224,10 @@ func runLive(t *testing.T, v variant, syncerDir, hostCIDR string, reapply bool) 
 	// back what was deleted (and the syncer re-creates its host copy).
 	snap := snapshotter(harikubeSnapshot{vols: vols, path: new(string)})
 	if v.perComponent {
-		snap = vclusterSnapshot{host: host, pod: pod, vols: vols, syncerDir: syncerDir, logPath: logPath}
+		snap = vclusterSnapshot{host: host, pod: pod, vols: vols, syncerDir: syncerDir, logPath: logPath, path: "/data/live-snapshot.tar.gz"}
+	}
+	if helmInstalled {
+		snap = snapshotRequest{vclusterSnapshot{host: host, pod: pod, vols: vols, syncerDir: syncerDir, logPath: logPath, path: "/data/cli-snapshot.tar.gz"}, syncer}
 	}
 	snap.save(t)
 	if err := virtual.client.CoreV1().ConfigMaps("default").Delete(ctx, "live-config", metav1.DeleteOptions{}); err != nil {
@@ -810,14 +822,17 @@ type vclusterSnapshot struct {
 	vols      *podVolumes
 	syncerDir string
 	logPath   string
+	path      string // the snapshot's path in the pod, on the PVC (/data)
 }
 
-// vclusterSnapshotPath is the snapshot's path in the pod, on the PVC.
-const vclusterSnapshotPath = "/data/live-snapshot.tar.gz"
+// file is the snapshot's file on this machine.
+func (s vclusterSnapshot) file() string {
+	return filepath.Join(s.vols.dirs["data"], strings.TrimPrefix(s.path, "/data/"))
+}
 
 func (s vclusterSnapshot) run(t *testing.T, command string) {
 	t.Helper()
-	opts, err := json.Marshal(map[string]any{"type": "container", "container": map[string]string{"path": vclusterSnapshotPath}})
+	opts, err := json.Marshal(map[string]any{"type": "container", "container": map[string]string{"path": s.path}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -838,8 +853,8 @@ func (s vclusterSnapshot) run(t *testing.T, command string) {
 func (s vclusterSnapshot) save(t *testing.T) {
 	t.Helper()
 	s.run(t, "snapshot")
-	if fi, err := os.Stat(filepath.Join(s.vols.dirs["data"], strings.TrimPrefix(vclusterSnapshotPath, "/data/"))); err != nil || fi.Size() == 0 {
-		t.Fatalf("vCluster's snapshot %s: %v", vclusterSnapshotPath, err)
+	if fi, err := os.Stat(s.file()); err != nil || fi.Size() == 0 {
+		t.Fatalf("vCluster's snapshot %s: %v", s.path, err)
 	}
 }
 
