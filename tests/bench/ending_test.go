@@ -142,7 +142,8 @@ func TestBenchModeKilledAtMemoryLimitIsReported(t *testing.T) {
 // TestBenchMemoryLimitHoldsTheServer: under --memory-limit a mode that fits
 // finishes and reports the cgroup's peak, which holds the server's whole
 // resident memory (its executable's pages included, as a container's limit
-// would).
+// would). The cgroup holds the server, run from the executable's copy, and
+// never the bench itself.
 func TestBenchMemoryLimitHoldsTheServer(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("creating a memory cgroup needs root (CI runs as root)")
@@ -151,8 +152,45 @@ func TestBenchMemoryLimitHoldsTheServer(t *testing.T) {
 		t.Skip("--memory-limit needs the cgroup v1 memory controller: ", err)
 	}
 	const limit = 1 << 30
-	rep, output := runBench(t, 5*time.Minute, "--sizes", "200", "--modes", "harikube", "--memory-limit", "1Gi",
+	// The cgroup's members, read every 100 ms from when the bench names it.
+	capped := regexp.MustCompile(`memory of the servers capped at \S+ GiB \(cgroup (/sys/fs/cgroup/memory/[^,]+), running ([^)]+)\)`)
+	var (
+		members   = map[int]string{} // pid: command line
+		cgroupDir string
+		stop      = make(chan struct{})
+		sampled   = make(chan struct{})
+	)
+	onLine := func(line string) {
+		m := capped.FindStringSubmatch(line)
+		if m == nil || cgroupDir != "" {
+			return
+		}
+		cgroupDir = m[1]
+		go func() {
+			defer close(sampled)
+			for {
+				data, _ := os.ReadFile(filepath.Join(cgroupDir, "cgroup.procs"))
+				for _, f := range strings.Fields(string(data)) {
+					pid, _ := strconv.Atoi(f)
+					// A process that has exited has an empty command line.
+					if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && len(cmdline) > 0 {
+						members[pid] = strings.Join(strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00"), " ")
+					}
+				}
+				select {
+				case <-stop:
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+		}()
+	}
+	rep, output := runBenchWatching(t, 5*time.Minute, onLine, "--sizes", "200", "--modes", "harikube", "--memory-limit", "1Gi",
 		"--repeat", "2", "--budget", "1s", "--watch-samples", "2", "--churn-objects", "20", "--mixed-duration", "0", "--history-objects", "0")
+	close(stop)
+	if cgroupDir != "" {
+		<-sampled
+	}
 	if len(rep.Ended) != 0 || len(rep.Results) != 1 {
 		t.Fatalf("ended %+v, results %d; want the mode measured within the limit", rep.Ended, len(rep.Results))
 	}
@@ -169,10 +207,30 @@ func TestBenchMemoryLimitHoldsTheServer(t *testing.T) {
 	if !strings.Contains(output, "memory cgroup peak, MiB") {
 		t.Error("the results table has no memory cgroup peak row")
 	}
-	m := regexp.MustCompile(`memory of the servers capped at \S+ GiB \(cgroup (/sys/fs/cgroup/memory/[^,]+), running ([^)]+)\)`).FindStringSubmatch(output)
+	m := capped.FindStringSubmatch(output)
 	if m == nil {
 		t.Fatal("output does not name the memory cgroup and the executable copy")
 	}
+	// The cgroup is named after the bench's pid.
+	benchPID, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(m[1]), "harikube-bench-"))
+	if err != nil {
+		t.Fatalf("cgroup %s is not named after the bench's pid: %v", m[1], err)
+	}
+	servers := 0
+	for pid, cmdline := range members {
+		switch {
+		case pid == benchPID:
+			t.Errorf("the bench itself (pid %d) is in the servers' memory cgroup", pid)
+		case strings.HasPrefix(cmdline, m[2]+" server "):
+			servers++
+		default:
+			t.Errorf("pid %d in the servers' memory cgroup is not a server run from %s: %s", pid, m[2], cmdline)
+		}
+	}
+	if servers != 1 {
+		t.Errorf("the servers' memory cgroup held %d server processes, want the one of the harikube mode: %v", servers, members)
+	}
+	t.Logf("the servers' memory cgroup held %v; the bench is pid %d", members, benchPID)
 	for _, p := range m[1:] {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("%s left behind (stat: %v)", p, err)
