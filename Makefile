@@ -21,7 +21,8 @@ LDFLAGS := -s -w -extldflags -static \
 	-X k8s.io/client-go/pkg/version.gitMinor=$(K8S_MINOR)
 export CGO_ENABLED := 0
 
-# Release binaries: `make dist` writes dist/harikube-<os>-<arch> and SHA256SUMS.
+# Release binaries: `make dist` writes $(DIST)/harikube-<os>-<arch> and SHA256SUMS.
+DIST ?= dist
 DIST_PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64
 
 .PHONY: build dist run test vet fmt clean
@@ -32,12 +33,12 @@ build:
 # Without cgo Go links on its own: Linux binaries are fully static; macOS
 # ones link the system's libraries and frameworks, as macOS requires.
 dist:
-	rm -rf dist && mkdir -p dist
+	rm -rf '$(DIST)' && mkdir -p '$(DIST)'
 	set -e; for p in $(DIST_PLATFORMS); do \
-		GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -ldflags '$(LDFLAGS)' -o dist/harikube-$${p%/*}-$${p#*/} ./cmd/harikube; \
+		GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -ldflags '$(LDFLAGS)' -o '$(DIST)'/harikube-$${p%/*}-$${p#*/} ./cmd/harikube; \
 	done
-	cd dist && if command -v sha256sum >/dev/null; then sha256sum harikube-*; else shasum -a 256 harikube-*; fi >SHA256SUMS
-	@cat dist/SHA256SUMS
+	cd '$(DIST)' && if command -v sha256sum >/dev/null; then sha256sum harikube-*; else shasum -a 256 harikube-*; fi >SHA256SUMS
+	@cat '$(DIST)'/SHA256SUMS
 
 run: build
 	$(BIN) server --data-dir $${DATA_DIR:-$$HOME/.harikube}
