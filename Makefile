@@ -21,8 +21,10 @@ LDFLAGS := -s -w -extldflags -static \
 	-X k8s.io/client-go/pkg/version.gitMinor=$(K8S_MINOR)
 export CGO_ENABLED := 0
 
-# Release binaries: `make dist` writes $(DIST)/harikube-<os>-<arch> and SHA256SUMS.
-DIST ?= dist
+# Release binaries: `make dist` writes $(DIST)/harikube-<os>-<arch> and SHA256SUMS,
+# replacing only those files. `:=`, so that an exported DIST (a distribution's
+# name, to some build systems) is not taken for it; `make dist DIST=dir` is.
+DIST := dist
 DIST_PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64
 
 .PHONY: build dist run test vet fmt clean
@@ -33,7 +35,7 @@ build:
 # Without cgo Go links on its own: Linux binaries are fully static; macOS
 # ones link the system's libraries and frameworks, as macOS requires.
 dist:
-	rm -rf '$(DIST)' && mkdir -p '$(DIST)'
+	mkdir -p '$(DIST)' && rm -f '$(DIST)'/harikube-* '$(DIST)'/SHA256SUMS
 	set -e; for p in $(DIST_PLATFORMS); do \
 		GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -ldflags '$(LDFLAGS)' -o '$(DIST)'/harikube-$${p%/*}-$${p#*/} ./cmd/harikube; \
 	done
