@@ -156,6 +156,7 @@ func TestBenchMemoryLimitHoldsTheServer(t *testing.T) {
 	capped := regexp.MustCompile(`memory of the servers capped at \S+ GiB \(cgroup (/sys/fs/cgroup/memory/[^,]+), running ([^)]+)\)`)
 	var (
 		members   = map[int]string{} // pid: command line
+		parents   = map[int]int{}    // pid: parent's pid
 		cgroupDir string
 		stop      = make(chan struct{})
 		sampled   = make(chan struct{})
@@ -176,6 +177,14 @@ func TestBenchMemoryLimitHoldsTheServer(t *testing.T) {
 					if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && len(cmdline) > 0 {
 						members[pid] = strings.Join(strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00"), " ")
 					}
+					// stat: "pid (comm) state ppid ...", comm may hold spaces.
+					if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+						if _, rest, ok := strings.Cut(string(stat), ") "); ok {
+							if f := strings.Fields(rest); len(f) > 1 {
+								parents[pid], _ = strconv.Atoi(f[1])
+							}
+						}
+					}
 				}
 				select {
 				case <-stop:
@@ -185,12 +194,21 @@ func TestBenchMemoryLimitHoldsTheServer(t *testing.T) {
 			}
 		}()
 	}
+	stopSampling := func() {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		close(stop)
+		if cgroupDir != "" {
+			<-sampled
+		}
+	}
+	defer stopSampling() // also when runBenchWatching fails the test
 	rep, output := runBenchWatching(t, 5*time.Minute, onLine, "--sizes", "200", "--modes", "harikube", "--memory-limit", "1Gi",
 		"--repeat", "2", "--budget", "1s", "--watch-samples", "2", "--churn-objects", "20", "--mixed-duration", "0", "--history-objects", "0")
-	close(stop)
-	if cgroupDir != "" {
-		<-sampled
-	}
+	stopSampling()
 	if len(rep.Ended) != 0 || len(rep.Results) != 1 {
 		t.Fatalf("ended %+v, results %d; want the mode measured within the limit", rep.Ended, len(rep.Results))
 	}
@@ -223,6 +241,9 @@ func TestBenchMemoryLimitHoldsTheServer(t *testing.T) {
 			t.Errorf("the bench itself (pid %d) is in the servers' memory cgroup", pid)
 		case strings.HasPrefix(cmdline, m[2]+" server "):
 			servers++
+			if parents[pid] != benchPID {
+				t.Errorf("the server (pid %d) is the child of pid %d, not of the bench the cgroup is named after (%d)", pid, parents[pid], benchPID)
+			}
 		default:
 			t.Errorf("pid %d in the servers' memory cgroup is not a server run from %s: %s", pid, m[2], cmdline)
 		}

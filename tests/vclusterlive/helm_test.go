@@ -26,8 +26,12 @@ func vclusterctl(t *testing.T, host *testserver.Server, syncerDir string, args .
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(syncerDir, "vclusterctl"), args...)
-	// HOME: the CLI keeps its own config there; PATH: it runs `helm`.
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+host.Kubeconfig, "HOME="+t.TempDir(),
+	// The CLI keeps its config in HOME, Helm its own in the HELM_* homes;
+	// PATH: the CLI runs `helm`.
+	home := t.TempDir()
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+host.Kubeconfig, "HOME="+home,
+		"HELM_CACHE_HOME="+filepath.Join(home, "helm-cache"), "HELM_CONFIG_HOME="+filepath.Join(home, "helm-config"),
+		"HELM_DATA_HOME="+filepath.Join(home, "helm-data"),
 		"PATH="+syncerDir+string(os.PathListSeparator)+os.Getenv("PATH"))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -50,7 +54,7 @@ func vclusterCreate(t *testing.T, v variant, host *testserver.Server, syncerDir 
 	t.Logf("vcluster create: %s", line(out, "Successfully"))
 	secrets, err := host.Client.CoreV1().Secrets(namespace).List(context.Background(), metav1.ListOptions{LabelSelector: "owner=helm,name=" + release})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("Helm's release Secrets: %v", err)
 	}
 	if len(secrets.Items) != 1 || secrets.Items[0].Labels["status"] != "deployed" {
 		var found []string

@@ -80,24 +80,40 @@ func TestSyncer(t *testing.T) {
 			if syncerDir == "" {
 				t.Fatalf("%s is not set (TestMain sets it from scripts/build-vcluster-syncer)", syncerDirEnv(v.version))
 			}
-			for i, hostCIDR := range []string{"10.43.0.0/16", "10.96.0.0/12"} {
-				t.Run("host-"+strings.ReplaceAll(hostCIDR, "/", "_"), func(t *testing.T) {
+			for _, h := range hosts {
+				t.Run("host-"+strings.ReplaceAll(h.serviceCIDR, "/", "_"), func(t *testing.T) {
 					started := time.Now()
-					runLive(t, v, syncerDir, hostCIDR, i == 0)
+					runLive(t, v, syncerDir, h)
 					result := "passed"
 					if t.Failed() {
 						result = "failed"
 					}
-					t.Logf("vCluster %s, host service CIDR %s: %s in %s", v.version, hostCIDR, result, time.Since(started).Round(time.Second))
+					t.Logf("vCluster %s, host service CIDR %s: %s in %s", v.version, h.serviceCIDR, result, time.Since(started).Round(time.Second))
 				})
 			}
 		})
 	}
 }
 
-func runLive(t *testing.T, v variant, syncerDir, hostCIDR string, reapply bool) {
+// hostCluster is one host each variant runs on.
+type hostCluster struct {
+	serviceCIDR string
+	// reapply: the README's removal and re-apply after the other checks.
+	reapply bool
+	// vclusterCreate: per-component variants are installed with `vcluster
+	// create` (Helm) and snapshotted with `vcluster snapshot create`
+	// instead of kubectl apply and the CLI's snapshot pod.
+	vclusterCreate bool
+}
+
+var hosts = []hostCluster{
+	{serviceCIDR: "10.43.0.0/16", reapply: true},        // k3s's
+	{serviceCIDR: "10.96.0.0/12", vclusterCreate: true}, // kind's
+}
+
+func runLive(t *testing.T, v variant, syncerDir string, h hostCluster) {
 	ctx := context.Background()
-	host := testserver.Start(t, "--service-cidr="+hostCIDR)
+	host := testserver.Start(t, "--service-cidr="+h.serviceCIDR)
 	hostCA := host.Config.TLSClientConfig.CAData
 	if len(hostCA) == 0 {
 		t.Fatal("the host kubeconfig has no certificate-authority-data")
@@ -116,7 +132,7 @@ func runLive(t *testing.T, v variant, syncerDir, hostCIDR string, reapply bool) 
 
 	// The host side, as `kubectl apply -f package/vcluster-kine-sqlite.yaml`
 	// (or `vcluster create`) on a cluster with one node.
-	helmInstalled := v.perComponent && !reapply
+	helmInstalled := v.perComponent && h.vclusterCreate
 	if helmInstalled {
 		vclusterCreate(t, v, host, syncerDir)
 	} else {
@@ -249,7 +265,7 @@ func runLive(t *testing.T, v variant, syncerDir, hostCIDR string, reapply bool) 
 	}, syncer)
 
 	// The README's removal and re-apply, on one host of each version.
-	if reapply {
+	if h.reapply {
 		removeAndReapply(t, v, host, syncer, vols, syncerDir, logPath, ports, hostName)
 	}
 }
