@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -316,7 +317,7 @@ func (e *modeEnder) classify(ctx context.Context, err error, srv *server, etcd *
 	}
 	// What a watch-cache apiserver answers a LIST at a size it can no longer
 	// serve in time; creates retry these, so one reaching here is final.
-	if apierrors.IsTimeout(err) || apierrors.IsServerTimeout(err) {
+	if apierrors.IsTimeout(err) || apierrors.IsServerTimeout(err) || storageDeadlineExceeded(err) {
 		return "request-timeout", fmt.Sprintf("the apiserver timed out a request (its --request-timeout, 60s unless set): %s", firstLine(err))
 	}
 	// A request that times out after its handler began to answer has its
@@ -327,6 +328,18 @@ func (e *modeEnder) classify(ctx context.Context, err error, srv *server, etcd *
 		}
 	}
 	return "", ""
+}
+
+// storageDeadlineExceeded is the apiserver's answer when the request's
+// deadline (its --request-timeout) ends the datastore call before the
+// timeout filter answers 504: a 500 carrying the etcd client's gRPC status.
+func storageDeadlineExceeded(err error) bool {
+	var status apierrors.APIStatus
+	if !errors.As(err, &status) || status.Status().Code != http.StatusInternalServerError {
+		return false
+	}
+	msg := status.Status().Message
+	return strings.Contains(msg, "code = DeadlineExceeded") || strings.Contains(msg, context.DeadlineExceeded.Error())
 }
 
 // isConnectionError is a transport error rather than an API error: what a

@@ -3,9 +3,14 @@ package bench
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/http"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // TestStallWatch: the watch cancels the mode only when the server fails
@@ -59,6 +64,33 @@ func TestStallWatch(t *testing.T) {
 			}
 			if got := errors.Is(context.Cause(ctx), errStalledAtLimit); got != tc.stalled {
 				t.Errorf("stalled: %v, want %v", got, tc.stalled)
+			}
+		})
+	}
+}
+
+// TestClassifyRequestTimeout: both ways an apiserver's --request-timeout
+// ends a LIST are a reported end, and another server error is a failure.
+func TestClassifyRequestTimeout(t *testing.T) {
+	serverError := func(msg string) error {
+		return &apierrors.StatusError{ErrStatus: metav1.Status{Status: metav1.StatusFailure, Code: http.StatusInternalServerError, Reason: metav1.StatusReasonUnknown, Message: msg}}
+	}
+	for _, tc := range []struct {
+		name  string
+		err   error
+		cause string
+	}{
+		{"the timeout filter's 504", apierrors.NewTimeoutError("request did not complete within the allotted timeout", 0), "request-timeout"},
+		// What a LIST on kine-stock got in CI with --request-timeout=200ms.
+		{"the datastore call's deadline", serverError("rpc error: code = DeadlineExceeded desc = stream terminated by RST_STREAM with error code: CANCEL"), "request-timeout"},
+		{"the datastore call's context", serverError("context deadline exceeded"), "request-timeout"},
+		{"another server error", serverError("rpc error: code = Unavailable desc = connection refused"), ""},
+		{"a client-side deadline", fmt.Errorf("list: %w", context.DeadlineExceeded), ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var e modeEnder
+			if cause, reason := e.classify(context.Background(), tc.err, nil, nil); cause != tc.cause {
+				t.Errorf("classified as %q (%s), want %q", cause, reason, tc.cause)
 			}
 		})
 	}
