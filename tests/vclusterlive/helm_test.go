@@ -3,6 +3,7 @@
 package vclusterlive
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,12 +12,16 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/harikube/harikube/tests/testserver"
+	"github.com/harikube/harikube/tests/vclusterimage"
 )
 
 // vclusterctl runs the version's vcluster CLI (scripts/build-vcluster-syncer
@@ -25,6 +30,14 @@ func vclusterctl(t *testing.T, host *testserver.Server, syncerDir string, args .
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
+	out, err := vclusterctlCmd(ctx, t, host, syncerDir, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("vcluster %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func vclusterctlCmd(ctx context.Context, t *testing.T, host *testserver.Server, syncerDir string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, filepath.Join(syncerDir, "vclusterctl"), args...)
 	// The CLI keeps its config in HOME, Helm its own in the HELM_* homes;
 	// PATH: the CLI runs `helm`.
@@ -33,11 +46,7 @@ func vclusterctl(t *testing.T, host *testserver.Server, syncerDir string, args .
 		"HELM_CACHE_HOME="+filepath.Join(home, "helm-cache"), "HELM_CONFIG_HOME="+filepath.Join(home, "helm-config"),
 		"HELM_DATA_HOME="+filepath.Join(home, "helm-data"),
 		"PATH="+syncerDir+string(os.PathListSeparator)+os.Getenv("PATH"))
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("vcluster %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
+	return cmd
 }
 
 // vclusterCreate installs the virtual cluster as the README tells users of
@@ -69,7 +78,7 @@ func vclusterCreate(t *testing.T, v variant, host *testserver.Server, syncerDir 
 // CLI reads the Helm release and leaves a request (a ConfigMap and a
 // Secret) in the host namespace, which the running syncer's snapshot
 // controller carries out, writing the snapshot in its own container. It is
-// restored as vclusterSnapshot is (the CLI's restore still runs a pod).
+// restored with `vcluster restore` (restoreWithCLI).
 type snapshotRequest struct {
 	vclusterSnapshot
 	syncer *syncerPod
@@ -137,4 +146,136 @@ func line(out, what string) string {
 		}
 	}
 	return strings.TrimSpace(out)
+}
+
+// restoreWithCLI is `vcluster restore kine container://<path>`, with this
+// test as the node's kubelet. The CLI pauses the virtual cluster (the
+// StatefulSet scaled to 0, the pods it synced deleted), runs /vcluster
+// restore in a pod of its own made from the syncer container's spec,
+// prints that pod's log (read through the host apiserver from the kubelet
+// API), deletes the pod and scales the StatefulSet up again. It returns the
+// new pod of the StatefulSet, its volumes and its running syncer.
+func (s snapshotRequest) restoreWithCLI(t *testing.T, kubelet *kubeletAPI, ports []string) (*corev1.Pod, *podVolumes, *syncerPod) {
+	t.Helper()
+	ctx := context.Background()
+	pods := s.host.Client.CoreV1().Pods(namespace)
+	old, err := pods.Get(ctx, release+"-0", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cliCtx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	var out lockedBuffer
+	cli := vclusterctlCmd(cliCtx, t, s.host, s.syncerDir, "restore", release, "container://"+s.path, "--namespace", namespace)
+	cli.Stdout, cli.Stderr = &out, &out
+	if err := cli.Start(); err != nil {
+		t.Fatal(err)
+	}
+	cliDone := make(chan struct{})
+	var cliErr error
+	go func() { cliErr = cli.Wait(); close(cliDone) }()
+	defer func() { cancel(); <-cliDone }()
+	cliExited := func() error {
+		select {
+		case <-cliDone:
+			return fmt.Errorf("vcluster restore exited (%v):\n%s", cliErr, out.String())
+		default:
+			return nil
+		}
+	}
+
+	// Paused: the StatefulSet's pod is being deleted; the kubelet stops
+	// the syncer and then removes the pod.
+	vclusterimage.Poll(t, "pod "+release+"-0 being deleted by vcluster restore", time.Second, 3*time.Minute, func() (bool, error) {
+		p, err := pods.Get(ctx, release+"-0", metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return true, nil
+		}
+		return err == nil && p.DeletionTimestamp != nil, err
+	}, cliExited)
+	s.syncer.kill(t)
+	waitPortsClosed(t, ports...)
+
+	var restorePod *corev1.Pod
+	vclusterimage.Poll(t, "the pod vcluster restore runs", time.Second, 3*time.Minute, func() (bool, error) {
+		if err := finishDeletions(ctx, s.host.Client); err != nil {
+			return false, err
+		}
+		list, err := pods.List(ctx, metav1.ListOptions{LabelSelector: "app=vcluster-snapshot"})
+		if err != nil {
+			return false, err
+		}
+		if len(list.Items) != 1 {
+			return false, fmt.Errorf("%d pods labelled app=vcluster-snapshot", len(list.Items))
+		}
+		restorePod = &list.Items[0]
+		return true, nil
+	}, cliExited)
+	var command []string
+	for _, c := range restorePod.Spec.Containers {
+		if c.Name == "snapshot" {
+			command = append(c.Command, c.Args...)
+		}
+	}
+	if strings.Join(command, " ") != "/vcluster restore" {
+		t.Fatalf("pod %s runs %q, want /vcluster restore in its container snapshot", restorePod.Name, command)
+	}
+	restorePod = bindAndRun(t, s.host.Client, namespace, restorePod.Name, "10.244.0.20")
+	restoreLog := filepath.Join(t.TempDir(), "restore.log")
+	restorer := runContainer(t, s.host.Client, s.host.Port, s.host.Config.TLSClientConfig.CAData, restorePod, "snapshot",
+		s.vols.forNewPod(restorePod), image(t), s.syncerDir, restoreLog, nil, command...)
+	kubelet.serveLog(namespace, restorePod.Name, "snapshot", containerLog{path: restoreLog, done: restorer.done})
+	code := restorer.wait(t, 5*time.Minute)
+	reportExited(t, s.host.Client, restorePod.Name, "snapshot", code)
+
+	// The CLI reads the pod's log, deletes the pod and resumes.
+	for waiting := true; waiting; {
+		select {
+		case <-cliDone:
+			waiting = false
+		case <-time.After(time.Second):
+			if err := finishDeletions(ctx, s.host.Client); err != nil {
+				t.Logf("the kubelet removing deleted pods: %v", err)
+			}
+		}
+	}
+	if cliErr != nil {
+		t.Fatalf("vcluster restore: %v\n%s\nthe restore pod's log:\n%s", cliErr, out.String(), vclusterimage.Tail(restoreLog, 40))
+	}
+	// The pod's own line, so it came through the apiserver's pods/log.
+	restored := line(out.String(), "Successfully restored")
+	if !strings.Contains(restored, "Successfully restored") {
+		t.Fatalf("vcluster restore printed no \"Successfully restored\" line of its pod's log:\n%s", out.String())
+	}
+	t.Logf("vcluster restore (exit code of its pod %d): %s", code, restored)
+
+	vclusterimage.Poll(t, "a new pod "+release+"-0 after vcluster restore", time.Second, 2*time.Minute, func() (bool, error) {
+		if err := finishDeletions(ctx, s.host.Client); err != nil {
+			return false, err
+		}
+		p, err := pods.Get(ctx, release+"-0", metav1.GetOptions{})
+		return err == nil && p.UID != old.UID, err
+	})
+	pod := bindAndRun(t, s.host.Client, namespace, release+"-0", "127.0.0.1")
+	vols := s.vols.forNewPod(pod)
+	return pod, vols, runSyncer(t, s.host.Client, s.host.Port, s.host.Config.TLSClientConfig.CAData, pod, vols, image(t), s.syncerDir, s.logPath)
+}
+
+// lockedBuffer is a bytes.Buffer a running command writes while the test
+// reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -4,7 +4,11 @@ package vclusterlive
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +26,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	certutil "k8s.io/client-go/util/cert"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 
@@ -187,23 +192,24 @@ func (v *podVolumes) forNewPod(pod *corev1.Pod) *podVolumes {
 // first from the harikube image.
 func runSyncer(t *testing.T, host kubernetes.Interface, hostPort int, hostCA []byte, pod *corev1.Pod, vols *podVolumes, img vclusterimage.Image, syncerDir, logPath string) *syncerPod {
 	t.Helper()
-	return runContainer(t, host, hostPort, hostCA, pod, vols, img, syncerDir, logPath, nil, "/vcluster", "start")
+	return runContainer(t, host, hostPort, hostCA, pod, "syncer", vols, img, syncerDir, logPath, nil, "/vcluster", "start")
 }
 
-// runContainer runs command in a container made from the syncer container's
-// spec, with env added to its environment: the syncer itself, or the pod
-// vCluster's CLI makes from that spec for a snapshot or a restore.
-func runContainer(t *testing.T, host kubernetes.Interface, hostPort int, hostCA []byte, pod *corev1.Pod, vols *podVolumes, img vclusterimage.Image, syncerDir, logPath string, extraEnv []string, command ...string) *syncerPod {
+// runContainer runs command in the pod's container containerName, with env
+// added to its environment: the syncer itself, a snapshot or restore run in
+// its container, or the pod vCluster's CLI makes from its spec for a
+// restore. Each runs the syncer image.
+func runContainer(t *testing.T, host kubernetes.Interface, hostPort int, hostCA []byte, pod *corev1.Pod, containerName string, vols *podVolumes, img vclusterimage.Image, syncerDir, logPath string, extraEnv []string, command ...string) *syncerPod {
 	t.Helper()
 	ctx := context.Background()
 	var container *corev1.Container
 	for i := range pod.Spec.Containers {
-		if pod.Spec.Containers[i].Name == "syncer" {
+		if pod.Spec.Containers[i].Name == containerName {
 			container = &pod.Spec.Containers[i]
 		}
 	}
 	if container == nil {
-		t.Fatalf("pod %s has no container syncer", pod.Name)
+		t.Fatalf("pod %s has no container %s", pod.Name, containerName)
 	}
 	volumes := map[string]corev1.Volume{}
 	for _, v := range pod.Spec.Volumes {
@@ -356,7 +362,7 @@ func runContainer(t *testing.T, host kubernetes.Interface, hostPort int, hostCA 
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	fmt.Fprintf(logf, "=== %s: %s in the syncer container of pod %s/%s\n", time.Now().Format(time.RFC3339), strings.Join(command, " "), pod.Namespace, pod.Name)
+	fmt.Fprintf(logf, "=== %s: %s in container %s of pod %s/%s\n", time.Now().Format(time.RFC3339), strings.Join(command, " "), containerName, pod.Namespace, pod.Name)
 	p := &syncerPod{log: logPath, done: make(chan struct{})}
 	p.cmd = exec.Command("unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child=SIGKILL", "--", "/bin/sh", "-c", script.String())
 	p.cmd.Env = env
@@ -426,4 +432,156 @@ func poll(t *testing.T, what string, interval, timeout time.Duration, cond func(
 		alive[i] = p.exitedErr
 	}
 	vclusterimage.Poll(t, what, interval, timeout, cond, alive...)
+}
+
+// kubeletAPI is the node's kubelet API as far as the host apiserver uses it
+// here: container logs, which `kubectl logs` (also in the virtual cluster,
+// whose syncer redirects it to the host) and vCluster's CLI read through
+// the apiserver. It serves HTTPS on the node's port 10250 with a
+// self-signed certificate: the apiserver checks it only against
+// --kubelet-certificate-authority, which harikube does not set.
+type kubeletAPI struct {
+	mu   sync.Mutex
+	logs map[string]containerLog // namespace/pod/container
+}
+
+// containerLog is a container's log file; done is closed when the container
+// has exited (nil: it never ends).
+type containerLog struct {
+	path string
+	done <-chan struct{}
+}
+
+func startKubeletAPI(t *testing.T) *kubeletAPI {
+	t.Helper()
+	certPEM, keyPEM, err := certutil.GenerateSelfSignedCertKey(nodeName, []net.IP{net.ParseIP(nodeIP)}, []string{nodeName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := &kubeletAPI{logs: map[string]containerLog{}}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /containerLogs/{namespace}/{pod}/{container}", k.containerLogs)
+	srv := &http.Server{Handler: mux, TLSConfig: &tls.Config{Certificates: []tls.Certificate{pair}}, ReadHeaderTimeout: 10 * time.Second}
+	ln, err := net.Listen("tcp", net.JoinHostPort(nodeIP, "10250"))
+	if err != nil {
+		t.Fatalf("the kubelet API's port: %v", err)
+	}
+	go func() { _ = srv.ServeTLS(ln, "", "") }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return k
+}
+
+// serveLog makes the container's log readable through the apiserver.
+func (k *kubeletAPI) serveLog(namespace, pod, container string, log containerLog) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.logs[namespace+"/"+pod+"/"+container] = log
+}
+
+// containerLogs answers as the kubelet does: the log so far, or with
+// follow=true everything until the container exits.
+func (k *kubeletAPI) containerLogs(w http.ResponseWriter, r *http.Request) {
+	k.mu.Lock()
+	log, ok := k.logs[r.PathValue("namespace")+"/"+r.PathValue("pod")+"/"+r.PathValue("container")]
+	k.mu.Unlock()
+	if !ok {
+		http.Error(w, "container not found", http.StatusNotFound)
+		return
+	}
+	f, err := os.Open(log.path)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	defer f.Close()
+	w.Header().Set("Content-Type", "text/plain")
+	follow := r.URL.Query().Get("follow") == "true" && log.done != nil
+	for {
+		exited := false
+		if follow {
+			select {
+			case <-log.done:
+				exited = true
+			default:
+			}
+		}
+		if _, err := io.Copy(w, f); err != nil {
+			return
+		}
+		if !follow || exited {
+			return
+		}
+		if fl, ok := w.(http.Flusher); ok {
+			fl.Flush()
+		}
+		select {
+		case <-r.Context().Done():
+			return
+		case <-log.done:
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// finishDeletions removes the node's pods that are being deleted, as the
+// kubelet does once their containers have stopped: nothing runs in them
+// here, or the caller has stopped it.
+func finishDeletions(ctx context.Context, host kubernetes.Interface) error {
+	list, err := host.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + nodeName})
+	if err != nil {
+		return err
+	}
+	for _, p := range list.Items {
+		if p.DeletionTimestamp == nil {
+			continue
+		}
+		err := host.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0), Preconditions: &metav1.Preconditions{UID: &p.UID}})
+		if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+			return fmt.Errorf("remove pod %s/%s: %w", p.Namespace, p.Name, err)
+		}
+	}
+	return nil
+}
+
+// reportExited reports a pod whose one container has exited, as the
+// kubelet does for restartPolicy Never.
+func reportExited(t *testing.T, host kubernetes.Interface, name, container string, code int) {
+	t.Helper()
+	ctx := context.Background()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		p, err := host.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		now := metav1.Now()
+		phase, reason := corev1.PodSucceeded, "Completed"
+		if code != 0 {
+			phase, reason = corev1.PodFailed, "Error"
+		}
+		var image string
+		for _, c := range p.Spec.Containers {
+			if c.Name == container {
+				image = c.Image
+			}
+		}
+		p.Status.Phase = phase
+		for i, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady || c.Type == corev1.ContainersReady {
+				p.Status.Conditions[i] = corev1.PodCondition{Type: c.Type, Status: corev1.ConditionFalse, Reason: "PodCompleted", LastTransitionTime: now}
+			}
+		}
+		p.Status.ContainerStatuses = []corev1.ContainerStatus{{
+			Name: container, Image: image, ImageID: image,
+			State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: int32(code), Reason: reason, StartedAt: *p.Status.StartTime, FinishedAt: now}},
+		}}
+		_, err = host.CoreV1().Pods(namespace).UpdateStatus(ctx, p, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("report pod %s/%s exited: %v", namespace, name, err)
+	}
 }

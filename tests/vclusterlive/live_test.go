@@ -140,6 +140,7 @@ func runLive(t *testing.T, v variant, syncerDir string, h hostCluster) {
 		kubectl(t, host.Kubeconfig, "apply", "-f", filepath.Join(repoRoot(), "package", v.manifest))
 	}
 	keepNodeReady(t, host.Client)
+	kubelet := startKubeletAPI(t)
 	poll(t, "the StatefulSet's pod "+release+"-0", time.Second, 2*time.Minute, func() (bool, error) {
 		_, err := host.Client.CoreV1().Pods(namespace).Get(ctx, release+"-0", metav1.GetOptions{})
 		return err == nil, err
@@ -198,6 +199,17 @@ func runLive(t *testing.T, v variant, syncerDir string, h hostCluster) {
 		}
 		return p.Spec.NodeName == nodeName && p.Status.Phase == corev1.PodRunning, fmt.Errorf("node %q, phase %s", p.Spec.NodeName, p.Status.Phase)
 	}, syncer)
+	// `kubectl logs` in the virtual cluster: the syncer sends it to the host
+	// apiserver for the host pod, which reads it from the node's kubelet.
+	const podLog = "live-pod: the log of the host pod's container app\n"
+	podLogPath := filepath.Join(t.TempDir(), "live-pod.log")
+	if err := os.WriteFile(podLogPath, []byte(podLog), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	kubelet.serveLog(namespace, hostName("live-pod"), "app", containerLog{path: podLogPath})
+	if out := kubectl(t, virtual.kubeconfig, "logs", "live-pod"); out != podLog {
+		t.Errorf("kubectl logs live-pod in the virtual cluster: %q, want %q", out, podLog)
+	}
 	deadline := time.Now().Add(evictionWait)
 	for time.Now().Before(deadline) {
 		checkNotEvicted(t, virtual.client, host.Client, hostName("live-pod"))
@@ -253,10 +265,14 @@ func runLive(t *testing.T, v variant, syncerDir string, h hostCluster) {
 		_, err := host.Client.CoreV1().ConfigMaps(namespace).Get(ctx, hostName("live-config"), metav1.GetOptions{})
 		return apierrors.IsNotFound(err), err
 	}, syncer)
-	syncer.kill(t)
-	waitPortsClosed(t, ports...)
-	snap.restore(t)
-	syncer = runSyncer(t, host.Client, host.Port, hostCA, pod, vols, image(t), syncerDir, logPath)
+	if cli, ok := snap.(snapshotRequest); ok {
+		pod, vols, syncer = cli.restoreWithCLI(t, kubelet, ports)
+	} else {
+		syncer.kill(t)
+		waitPortsClosed(t, ports...)
+		snap.restore(t)
+		syncer = runSyncer(t, host.Client, host.Port, hostCA, pod, vols, image(t), syncerDir, logPath)
+	}
 	virtual = waitReady(t, host, syncer)
 	checkWorkload(t, virtual.client)
 	poll(t, "the host copy of live-config re-created", time.Second, 2*time.Minute, func() (bool, error) {
@@ -853,7 +869,7 @@ func (s vclusterSnapshot) run(t *testing.T, command string) {
 		t.Fatal(err)
 	}
 	env := []string{"VCLUSTER_STORAGE_OPTIONS=" + base64.StdEncoding.EncodeToString(opts)}
-	p := runContainer(t, s.host.Client, s.host.Port, s.host.Config.TLSClientConfig.CAData, s.pod, s.vols, image(t), s.syncerDir, s.logPath, env, "/vcluster", command)
+	p := runContainer(t, s.host.Client, s.host.Port, s.host.Config.TLSClientConfig.CAData, s.pod, "syncer", s.vols, image(t), s.syncerDir, s.logPath, env, "/vcluster", command)
 	if code := p.wait(t, 5*time.Minute); code != 0 {
 		t.Fatalf("/vcluster %s exited with code %d; last lines of %s:\n%s", command, code, s.logPath, vclusterimage.Tail(s.logPath, 60))
 	}

@@ -61,9 +61,10 @@ func image(t *testing.T) vclusterimage.Image {
 }
 
 // reexecInNetns builds the syncers and the image (they need the module proxy
-// and Debian's busybox, so outside the namespace) and runs this test binary again in a new network namespace
-// with only loopback up, so the syncer's 0.0.0.0:8443 and everything else
-// is reachable from nowhere else.
+// and Debian's busybox, so outside the namespace) and runs this test binary
+// again in a new network namespace with only loopback up, so the syncer's
+// 0.0.0.0:8443 and everything else is reachable from nowhere else, and a
+// new mount namespace whose /etc/hosts also names the node.
 func reexecInNetns() int {
 	env := append(os.Environ(), netnsEnv+"=1")
 	for _, v := range variants {
@@ -93,12 +94,28 @@ func reexecInNetns() int {
 		return 1
 	}
 	env = append(env, imageEnv+"="+dir)
+	// The node's name resolves to its address, as a cluster's DNS would
+	// make it: the apiserver reaches the kubelet by the node's Hostname
+	// address first (upstream's --kubelet-preferred-address-types).
+	hosts, err := os.ReadFile("/etc/hosts")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "vclusterlive:", err)
+		return 1
+	}
+	hostsFile := filepath.Join(dir, "hosts")
+	if err := os.WriteFile(hostsFile, fmt.Appendf(hosts, "\n%s %s\n", nodeIP, nodeName), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, "vclusterlive:", err)
+		return 1
+	}
 	self, err := os.Executable()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "vclusterlive:", err)
 		return 1
 	}
-	cmd := exec.Command("unshare", append([]string{"--net", "--", "/bin/sh", "-c", `ip link set lo up && exec "$0" "$@"`, self}, os.Args[1:]...)...)
+	// --mount: the bind mount over /etc/hosts is private to the namespace.
+	cmd := exec.Command("unshare", append([]string{"--net", "--mount", "--", "/bin/sh", "-c",
+		`ip link set lo up && mount --bind "$HOSTS_FILE" /etc/hosts && exec "$0" "$@"`, self}, os.Args[1:]...)...)
+	env = append(env, "HOSTS_FILE="+hostsFile)
 	cmd.Env = env
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	if err := cmd.Run(); err != nil {
