@@ -5,6 +5,7 @@ package vclusterlive
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -28,6 +29,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	certutil "k8s.io/client-go/util/cert"
 	"k8s.io/client-go/util/retry"
+	remotecommandserver "k8s.io/cri-streaming/pkg/streaming/remotecommand"
+	utilexec "k8s.io/utils/exec"
 	"k8s.io/utils/ptr"
 
 	"github.com/harikube/harikube/tests/vclusterimage"
@@ -437,12 +440,14 @@ func poll(t *testing.T, what string, interval, timeout time.Duration, cond func(
 // kubeletAPI is the node's kubelet API as far as the host apiserver uses it
 // here: container logs, which `kubectl logs` (also in the virtual cluster,
 // whose syncer redirects it to the host) and vCluster's CLI read through
-// the apiserver. It serves HTTPS on the node's port 10250 with a
+// the apiserver, and exec (`kubectl exec`), served by the kubelet's own
+// streaming library. It serves HTTPS on the node's port 10250 with a
 // self-signed certificate: the apiserver checks it only against
 // --kubelet-certificate-authority, which harikube does not set.
 type kubeletAPI struct {
-	mu   sync.Mutex
-	logs map[string]containerLog // namespace/pod/container
+	mu    sync.Mutex
+	logs  map[string]containerLog // namespace/pod/container
+	roots map[string]string       // namespace/pod/container -> its root for exec
 }
 
 // containerLog is a container's log file; done is closed when the container
@@ -462,9 +467,10 @@ func startKubeletAPI(t *testing.T) *kubeletAPI {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := &kubeletAPI{logs: map[string]containerLog{}}
+	k := &kubeletAPI{logs: map[string]containerLog{}, roots: map[string]string{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /containerLogs/{namespace}/{pod}/{container}", k.containerLogs)
+	mux.HandleFunc("/exec/{namespace}/{pod}/{container}", k.exec)
 	srv := &http.Server{Handler: mux, TLSConfig: &tls.Config{Certificates: []tls.Certificate{pair}}, ReadHeaderTimeout: 10 * time.Second}
 	ln, err := net.Listen("tcp", net.JoinHostPort(nodeIP, "10250"))
 	if err != nil {
@@ -480,6 +486,55 @@ func (k *kubeletAPI) serveLog(namespace, pod, container string, log containerLog
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.logs[namespace+"/"+pod+"/"+container] = log
+}
+
+// serveExec lets commands run in the container, chrooted to root.
+func (k *kubeletAPI) serveExec(namespace, pod, container, root string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.roots[namespace+"/"+pod+"/"+container] = root
+}
+
+// exec runs the request's command in the container with its streams
+// (stdin, stdout, stderr) and exit code carried as the kubelet carries them.
+func (k *kubeletAPI) exec(w http.ResponseWriter, r *http.Request) {
+	k.mu.Lock()
+	root, ok := k.roots[r.PathValue("namespace")+"/"+r.PathValue("pod")+"/"+r.PathValue("container")]
+	k.mu.Unlock()
+	if !ok {
+		http.Error(w, "container not found", http.StatusNotFound)
+		return
+	}
+	opts, err := remotecommandserver.NewOptions(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	remotecommandserver.ServeExec(w, r, chrootExecutor{root: root}, r.PathValue("pod"), "", r.PathValue("container"),
+		r.URL.Query()["command"], opts, 5*time.Minute, 30*time.Second, remotecommandserver.SupportedStreamingProtocols)
+}
+
+// chrootExecutor runs a command chrooted to an image's files.
+type chrootExecutor struct{ root string }
+
+func (e chrootExecutor) ExecInContainer(ctx context.Context, _, _, _ string, cmd []string, in io.Reader, out, errOut io.WriteCloser, _ bool, _ <-chan remotecommandserver.TerminalSize, _ time.Duration) error {
+	c := exec.CommandContext(ctx, "chroot", append([]string{e.root}, cmd...)...)
+	c.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"}
+	if in != nil {
+		c.Stdin = in
+	}
+	if out != nil {
+		c.Stdout = out
+	}
+	if errOut != nil {
+		c.Stderr = errOut
+	}
+	err := c.Run()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return utilexec.CodeExitError{Err: err, Code: exit.ExitCode()}
+	}
+	return err
 }
 
 // containerLogs answers as the kubelet does: the log so far, or with

@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -209,6 +210,14 @@ func runLive(t *testing.T, v variant, syncerDir string, h hostCluster) {
 	kubelet.serveLog(namespace, hostName("live-pod"), "app", containerLog{path: podLogPath})
 	if out := kubectl(t, virtual.kubeconfig, "logs", "live-pod"); out != podLog {
 		t.Errorf("kubectl logs live-pod in the virtual cluster: %q, want %q", out, podLog)
+	}
+	// `kubectl exec` the same way, with stdin, stdout and the exit code
+	// carried by the kubelet's streaming protocol. The container's files
+	// are the harikube image's, a busybox like the pod's busybox:1.37.
+	kubelet.serveExec(namespace, hostName("live-pod"), "app", image(t).RootFS)
+	execOut, execCode := kubectlExit(t, virtual.kubeconfig, "hello through stdin\n", "exec", "-i", "live-pod", "-c", "app", "--", "sh", "-c", "cat; echo done; exit 3")
+	if want := "hello through stdin\ndone\n"; execOut != want || execCode != 3 {
+		t.Errorf("kubectl exec -i live-pod -- sh -c 'cat; echo done; exit 3' in the virtual cluster: %q, exit code %d; want %q, 3", execOut, execCode, want)
 	}
 	deadline := time.Now().Add(evictionWait)
 	for time.Now().Before(deadline) {
@@ -840,6 +849,26 @@ func kubectl(t *testing.T, kubeconfig string, args ...string) string {
 		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, errOut.String())
 	}
 	return out.String()
+}
+
+// kubectlExit runs upstream kubectl with stdin and returns its stdout and
+// exit code; it fails the test only if kubectl cannot be run.
+func kubectlExit(t *testing.T, kubeconfig, stdin string, args ...string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, testserver.Binary(t), append([]string{"kubectl", "--kubeconfig", kubeconfig}, args...)...)
+	var out, errOut bytes.Buffer
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = strings.NewReader(stdin), &out, &errOut
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, errOut.String())
+	}
+	if errOut.Len() > 0 {
+		t.Logf("kubectl %s: stderr: %s", strings.Join(args, " "), errOut.String())
+	}
+	return out.String(), cmd.ProcessState.ExitCode()
 }
 
 // vclusterSnapshot is vCluster's own snapshot and restore, as `vcluster
