@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -37,8 +36,11 @@ func vclusterctl(t *testing.T, host *testserver.Server, syncerDir string, args .
 	return string(out)
 }
 
+// vclusterctlCmd is the CLI's command, killed when ctx ends.
 func vclusterctlCmd(ctx context.Context, t *testing.T, host *testserver.Server, syncerDir string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, filepath.Join(syncerDir, "vclusterctl"), args...)
+	// Helm, which the CLI runs, may hold its output open after it is killed.
+	cmd.WaitDelay = 10 * time.Second
 	// The CLI keeps its config in HOME, Helm its own in the HELM_* homes;
 	// PATH: the CLI runs `helm`.
 	home := t.TempDir()
@@ -81,7 +83,7 @@ func vclusterCreate(t *testing.T, v variant, host *testserver.Server, syncerDir 
 // restored with `vcluster restore` (restoreWithCLI).
 type snapshotRequest struct {
 	vclusterSnapshot
-	syncer *syncerPod
+	syncer *containerRun
 }
 
 func (s snapshotRequest) save(t *testing.T) {
@@ -153,9 +155,10 @@ func line(out, what string) string {
 // StatefulSet scaled to 0, the pods it synced deleted), runs /vcluster
 // restore in a pod of its own made from the syncer container's spec,
 // prints that pod's log (read through the host apiserver from the kubelet
-// API), deletes the pod and scales the StatefulSet up again. It returns the
-// new pod of the StatefulSet, its volumes and its running syncer.
-func (s snapshotRequest) restoreWithCLI(t *testing.T, kubelet *kubeletAPI, ports []string) (*corev1.Pod, *podVolumes, *syncerPod) {
+// API while the pod runs), deletes the pod and scales the StatefulSet up
+// again. syncer is the running one; restoreWithCLI returns the new pod of
+// the StatefulSet, its volumes and its running syncer.
+func (s snapshotRequest) restoreWithCLI(t *testing.T, kubelet *kubeletAPI, syncer *containerRun, ports []string) (*corev1.Pod, *podVolumes, *containerRun) {
 	t.Helper()
 	ctx := context.Background()
 	pods := s.host.Client.CoreV1().Pods(namespace)
@@ -163,9 +166,16 @@ func (s snapshotRequest) restoreWithCLI(t *testing.T, kubelet *kubeletAPI, ports
 	if err != nil {
 		t.Fatal(err)
 	}
+	synced, err := pods.List(ctx, metav1.ListOptions{LabelSelector: "vcluster.loft.sh/managed-by=" + release})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(synced.Items) == 0 {
+		t.Fatal("no host pods synced by the virtual cluster before vcluster restore")
+	}
 	cliCtx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
-	var out lockedBuffer
+	var out bytes.Buffer // read only once the CLI has exited
 	cli := vclusterctlCmd(cliCtx, t, s.host, s.syncerDir, "restore", release, "container://"+s.path, "--namespace", namespace)
 	cli.Stdout, cli.Stderr = &out, &out
 	if err := cli.Start(); err != nil {
@@ -193,7 +203,7 @@ func (s snapshotRequest) restoreWithCLI(t *testing.T, kubelet *kubeletAPI, ports
 		}
 		return err == nil && p.DeletionTimestamp != nil, err
 	}, cliExited)
-	s.syncer.kill(t)
+	syncer.kill(t)
 	waitPortsClosed(t, ports...)
 
 	var restorePod *corev1.Pod
@@ -211,6 +221,12 @@ func (s snapshotRequest) restoreWithCLI(t *testing.T, kubelet *kubeletAPI, ports
 		restorePod = &list.Items[0]
 		return true, nil
 	}, cliExited)
+	for _, p := range synced.Items {
+		again, err := pods.Get(ctx, p.Name, metav1.GetOptions{})
+		if err == nil && again.UID == p.UID && again.DeletionTimestamp == nil {
+			t.Errorf("host pod %s, synced by the virtual cluster, was not deleted when vcluster restore paused it", p.Name)
+		}
+	}
 	var command []string
 	for _, c := range restorePod.Spec.Containers {
 		if c.Name == "snapshot" {
@@ -224,18 +240,35 @@ func (s snapshotRequest) restoreWithCLI(t *testing.T, kubelet *kubeletAPI, ports
 	restoreLog := filepath.Join(t.TempDir(), "restore.log")
 	restorer := runContainer(t, s.host.Client, s.host.Port, s.host.Config.TLSClientConfig.CAData, restorePod, "snapshot",
 		s.vols.forNewPod(restorePod), image(t), s.syncerDir, restoreLog, nil, command...)
-	kubelet.serveLog(namespace, restorePod.Name, "snapshot", containerLog{path: restoreLog, done: restorer.done})
-	code := restorer.wait(t, 5*time.Minute)
-	reportExited(t, s.host.Client, restorePod.Name, "snapshot", code)
+	// runContainer's first line is its own header, not the container's.
+	header, err := os.ReadFile(restoreLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubelet.serveLog(namespace, restorePod.Name, "snapshot", containerLog{path: restoreLog, from: int64(bytes.IndexByte(header, '\n') + 1), done: restorer.done})
+	reportRunning(t, s.host.Client, namespace, restorePod.Name)
+	select {
+	case <-restorer.done:
+	case <-cliDone:
+		t.Fatalf("vcluster restore exited while its pod ran (%v):\n%s", cliErr, out.String())
+	case <-time.After(5 * time.Minute):
+		t.Fatalf("/vcluster restore did not exit within 5 minutes; last lines of its log:\n%s", vclusterimage.Tail(restoreLog, 40))
+	}
+	reportExited(t, s.host.Client, namespace, restorePod.Name, restorer.code)
 
-	// The CLI reads the pod's log, deletes the pod and resumes.
-	for waiting := true; waiting; {
+	// The CLI reads the rest of the pod's log, deletes the pod and resumes.
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var lastErr string
+wait:
+	for {
 		select {
 		case <-cliDone:
-			waiting = false
-		case <-time.After(time.Second):
-			if err := finishDeletions(ctx, s.host.Client); err != nil {
+			break wait
+		case <-tick.C:
+			if err := finishDeletions(ctx, s.host.Client); err != nil && err.Error() != lastErr {
 				t.Logf("the kubelet removing deleted pods: %v", err)
+				lastErr = err.Error()
 			}
 		}
 	}
@@ -243,11 +276,20 @@ func (s snapshotRequest) restoreWithCLI(t *testing.T, kubelet *kubeletAPI, ports
 		t.Fatalf("vcluster restore: %v\n%s\nthe restore pod's log:\n%s", cliErr, out.String(), vclusterimage.Tail(restoreLog, 40))
 	}
 	// The pod's own line, so it came through the apiserver's pods/log.
-	restored := line(out.String(), "Successfully restored")
-	if !strings.Contains(restored, "Successfully restored") {
-		t.Fatalf("vcluster restore printed no \"Successfully restored\" line of its pod's log:\n%s", out.String())
+	restored := restoredKeys.FindString(ansiEscape.ReplaceAllString(out.String(), ""))
+	if restored == "" {
+		t.Fatalf("vcluster restore printed no %q line of its pod's log:\n%s", restoredKeys, out.String())
 	}
-	t.Logf("vcluster restore (exit code of its pod %d): %s", code, restored)
+	t.Logf("vcluster restore (its pod exited with code %d): %s", restorer.code, restored)
+	if left, err := pods.List(ctx, metav1.ListOptions{LabelSelector: "app=vcluster-snapshot"}); err != nil {
+		t.Fatal(err)
+	} else {
+		for _, p := range left.Items {
+			if p.DeletionTimestamp == nil {
+				t.Errorf("vcluster restore left its pod %s", p.Name)
+			}
+		}
+	}
 
 	vclusterimage.Poll(t, "a new pod "+release+"-0 after vcluster restore", time.Second, 2*time.Minute, func() (bool, error) {
 		if err := finishDeletions(ctx, s.host.Client); err != nil {
@@ -261,21 +303,6 @@ func (s snapshotRequest) restoreWithCLI(t *testing.T, kubelet *kubeletAPI, ports
 	return pod, vols, runSyncer(t, s.host.Client, s.host.Port, s.host.Config.TLSClientConfig.CAData, pod, vols, image(t), s.syncerDir, s.logPath)
 }
 
-// lockedBuffer is a bytes.Buffer a running command writes while the test
-// reads it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// restoredKeys is the line /vcluster restore logs when it has written the
+// snapshot's keys back.
+var restoredKeys = regexp.MustCompile(`Successfully restored [0-9]+ etcd keys from snapshot`)

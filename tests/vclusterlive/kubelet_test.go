@@ -159,10 +159,12 @@ func bindAndRun(t *testing.T, host kubernetes.Interface, namespace, name, podIP 
 	return pod
 }
 
-// syncerPod is one run of the syncer container of the host pod: a private
-// root with the pod's volumes bind-mounted where the container mounts them.
-type syncerPod struct {
-	cmd  *exec.Cmd // unshare; the syncer is PID 1 of its PID namespace
+// containerRun is one run of a container of a host pod (the syncer, or
+// vCluster's snapshot or restore): a private root with the pod's volumes
+// bind-mounted where the container mounts them.
+type containerRun struct {
+	cmd  *exec.Cmd // unshare; the container's command is PID 1 of its PID namespace
+	name string    // the container's
 	log  string
 	done chan struct{}
 	code int
@@ -193,7 +195,7 @@ func (v *podVolumes) forNewPod(pod *corev1.Pod) *podVolumes {
 // syncer build (syncerDir: /vcluster, and /usr/local/bin/kine where the
 // version's vcluster image has one) and the init container "kubernetes" run
 // first from the harikube image.
-func runSyncer(t *testing.T, host kubernetes.Interface, hostPort int, hostCA []byte, pod *corev1.Pod, vols *podVolumes, img vclusterimage.Image, syncerDir, logPath string) *syncerPod {
+func runSyncer(t *testing.T, host kubernetes.Interface, hostPort int, hostCA []byte, pod *corev1.Pod, vols *podVolumes, img vclusterimage.Image, syncerDir, logPath string) *containerRun {
 	t.Helper()
 	return runContainer(t, host, hostPort, hostCA, pod, "syncer", vols, img, syncerDir, logPath, nil, "/vcluster", "start")
 }
@@ -202,7 +204,7 @@ func runSyncer(t *testing.T, host kubernetes.Interface, hostPort int, hostCA []b
 // added to its environment: the syncer itself, a snapshot or restore run in
 // its container, or the pod vCluster's CLI makes from its spec for a
 // restore. Each runs the syncer image.
-func runContainer(t *testing.T, host kubernetes.Interface, hostPort int, hostCA []byte, pod *corev1.Pod, containerName string, vols *podVolumes, img vclusterimage.Image, syncerDir, logPath string, extraEnv []string, command ...string) *syncerPod {
+func runContainer(t *testing.T, host kubernetes.Interface, hostPort int, hostCA []byte, pod *corev1.Pod, containerName string, vols *podVolumes, img vclusterimage.Image, syncerDir, logPath string, extraEnv []string, command ...string) *containerRun {
 	t.Helper()
 	ctx := context.Background()
 	var container *corev1.Container
@@ -366,13 +368,13 @@ func runContainer(t *testing.T, host kubernetes.Interface, hostPort int, hostCA 
 	}
 	defer logf.Close()
 	fmt.Fprintf(logf, "=== %s: %s in container %s of pod %s/%s\n", time.Now().Format(time.RFC3339), strings.Join(command, " "), containerName, pod.Namespace, pod.Name)
-	p := &syncerPod{log: logPath, done: make(chan struct{})}
+	p := &containerRun{name: containerName, log: logPath, done: make(chan struct{})}
 	p.cmd = exec.Command("unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child=SIGKILL", "--", "/bin/sh", "-c", script.String())
 	p.cmd.Env = env
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start the syncer: %v", err)
+		t.Fatalf("start container %s: %v", containerName, err)
 	}
 	go func() {
 		_ = p.cmd.Wait()
@@ -384,7 +386,7 @@ func runContainer(t *testing.T, host kubernetes.Interface, hostPort int, hostCA 
 }
 
 // wait waits for the container to exit and returns its exit code.
-func (p *syncerPod) wait(t *testing.T, timeout time.Duration) int {
+func (p *containerRun) wait(t *testing.T, timeout time.Duration) int {
 	t.Helper()
 	select {
 	case <-p.done:
@@ -395,7 +397,7 @@ func (p *syncerPod) wait(t *testing.T, timeout time.Duration) int {
 	}
 }
 
-func (p *syncerPod) running() bool {
+func (p *containerRun) running() bool {
 	select {
 	case <-p.done:
 		return false
@@ -405,17 +407,17 @@ func (p *syncerPod) running() bool {
 }
 
 // exitedErr is non-nil once the container has exited.
-func (p *syncerPod) exitedErr() error {
+func (p *containerRun) exitedErr() error {
 	if p.running() {
 		return nil
 	}
-	return fmt.Errorf("the syncer exited with code %d; last lines of %s:\n%s", p.code, p.log, vclusterimage.Tail(p.log, 60))
+	return fmt.Errorf("container %s exited with code %d; last lines of %s:\n%s", p.name, p.code, p.log, vclusterimage.Tail(p.log, 60))
 }
 
-// kill is SIGKILL of the syncer and everything it started: unshare passes
-// it to the namespace's PID 1 (the syncer), and the kernel then kills every
+// kill is SIGKILL of the container's command and everything it started:
+// unshare passes it to the namespace's PID 1, and the kernel then kills every
 // other process of the PID namespace.
-func (p *syncerPod) kill(t *testing.T) {
+func (p *containerRun) kill(t *testing.T) {
 	if !p.running() {
 		return
 	}
@@ -423,12 +425,12 @@ func (p *syncerPod) kill(t *testing.T) {
 	select {
 	case <-p.done:
 	case <-time.After(30 * time.Second):
-		t.Errorf("the syncer's namespace did not exit within 30s of SIGKILL")
+		t.Errorf("container %s: its PID namespace did not exit within 30s of SIGKILL", p.name)
 	}
 }
 
 // poll is vclusterimage.Poll, stopping early when one of pods exits.
-func poll(t *testing.T, what string, interval, timeout time.Duration, cond func() (bool, error), pods ...*syncerPod) {
+func poll(t *testing.T, what string, interval, timeout time.Duration, cond func() (bool, error), pods ...*containerRun) {
 	t.Helper()
 	alive := make([]func() error, len(pods))
 	for i, p := range pods {
@@ -438,22 +440,24 @@ func poll(t *testing.T, what string, interval, timeout time.Duration, cond func(
 }
 
 // kubeletAPI is the node's kubelet API as far as the host apiserver uses it
-// here: container logs, which `kubectl logs` (also in the virtual cluster,
-// whose syncer redirects it to the host) and vCluster's CLI read through
-// the apiserver, and exec (`kubectl exec`), served by the kubelet's own
-// streaming library. It serves HTTPS on the node's port 10250 with a
-// self-signed certificate: the apiserver checks it only against
-// --kubelet-certificate-authority, which harikube does not set.
+// here: container logs (`kubectl logs` in the virtual cluster, whose syncer
+// sends it to the host apiserver; vCluster's CLI reading its restore pod)
+// and exec (`kubectl exec`), served by the kubelet's own streaming library.
+// It serves HTTPS on the node's port 10250 with a self-signed certificate:
+// the apiserver checks it only against --kubelet-certificate-authority,
+// which harikube does not set.
 type kubeletAPI struct {
+	ctx   context.Context // ends with the test: exec'd commands stop with it
 	mu    sync.Mutex
 	logs  map[string]containerLog // namespace/pod/container
 	roots map[string]string       // namespace/pod/container -> its root for exec
 }
 
-// containerLog is a container's log file; done is closed when the container
-// has exited (nil: it never ends).
+// containerLog is a container's log file from offset from; done is closed
+// when the container has exited (nil: it never ends).
 type containerLog struct {
 	path string
+	from int64
 	done <-chan struct{}
 }
 
@@ -467,7 +471,8 @@ func startKubeletAPI(t *testing.T) *kubeletAPI {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := &kubeletAPI{logs: map[string]containerLog{}, roots: map[string]string{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	k := &kubeletAPI{ctx: ctx, logs: map[string]containerLog{}, roots: map[string]string{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /containerLogs/{namespace}/{pod}/{container}", k.containerLogs)
 	mux.HandleFunc("/exec/{namespace}/{pod}/{container}", k.exec)
@@ -476,8 +481,15 @@ func startKubeletAPI(t *testing.T) *kubeletAPI {
 	if err != nil {
 		t.Fatalf("the kubelet API's port: %v", err)
 	}
-	go func() { _ = srv.ServeTLS(ln, "", "") }()
-	t.Cleanup(func() { _ = srv.Close() })
+	served := make(chan error, 1)
+	go func() { served <- srv.ServeTLS(ln, "", "") }()
+	t.Cleanup(func() {
+		cancel()
+		_ = srv.Close()
+		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("the kubelet API: %v", err)
+		}
+	})
 	return k
 }
 
@@ -510,16 +522,26 @@ func (k *kubeletAPI) exec(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	remotecommandserver.ServeExec(w, r, chrootExecutor{root: root}, r.PathValue("pod"), "", r.PathValue("container"),
+	remotecommandserver.ServeExec(w, r, chrootExecutor{ctx: k.ctx, root: root}, r.PathValue("pod"), "", r.PathValue("container"),
 		r.URL.Query()["command"], opts, 5*time.Minute, 30*time.Second, remotecommandserver.SupportedStreamingProtocols)
 }
 
-// chrootExecutor runs a command chrooted to an image's files.
-type chrootExecutor struct{ root string }
+// chrootExecutor runs a command chrooted to an image's files, as root,
+// with a fixed PATH and HOME: enough to carry streams and an exit code, not
+// a container (no namespaces, the pod's environment not set, the files
+// shared and writable).
+type chrootExecutor struct {
+	ctx  context.Context
+	root string
+}
 
-func (e chrootExecutor) ExecInContainer(ctx context.Context, _, _, _ string, cmd []string, in io.Reader, out, errOut io.WriteCloser, _ bool, _ <-chan remotecommandserver.TerminalSize, _ time.Duration) error {
-	c := exec.CommandContext(ctx, "chroot", append([]string{e.root}, cmd...)...)
+// ExecInContainer ignores the request's context: a hijacked connection's
+// does not end when the client leaves.
+func (e chrootExecutor) ExecInContainer(_ context.Context, _, _, _ string, cmd []string, in io.Reader, out, errOut io.WriteCloser, _ bool, _ <-chan remotecommandserver.TerminalSize, _ time.Duration) error {
+	c := exec.CommandContext(e.ctx, "chroot", append([]string{e.root}, cmd...)...)
 	c.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"}
+	// The command may end before the client closes stdin.
+	c.WaitDelay = 5 * time.Second
 	if in != nil {
 		c.Stdin = in
 	}
@@ -532,14 +554,26 @@ func (e chrootExecutor) ExecInContainer(ctx context.Context, _, _, _ string, cmd
 	err := c.Run()
 	var exit *exec.ExitError
 	if errors.As(err, &exit) {
-		return utilexec.CodeExitError{Err: err, Code: exit.ExitCode()}
+		code := exit.ExitCode()
+		if ws, ok := exit.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			code = 128 + int(ws.Signal()) // as a shell and the kubelet report it
+		}
+		return utilexec.CodeExitError{Err: err, Code: code}
 	}
 	return err
 }
 
 // containerLogs answers as the kubelet does: the log so far, or with
-// follow=true everything until the container exits.
+// follow=true everything until the container exits. The options that
+// select part of a log are refused, so that no check passes without them
+// being served.
 func (k *kubeletAPI) containerLogs(w http.ResponseWriter, r *http.Request) {
+	for _, option := range []string{"tailLines", "limitBytes", "sinceSeconds", "sinceTime", "timestamps", "previous"} {
+		if r.URL.Query().Has(option) {
+			http.Error(w, "the test's kubelet does not serve "+option, http.StatusBadRequest)
+			return
+		}
+	}
 	k.mu.Lock()
 	log, ok := k.logs[r.PathValue("namespace")+"/"+r.PathValue("pod")+"/"+r.PathValue("container")]
 	k.mu.Unlock()
@@ -553,8 +587,12 @@ func (k *kubeletAPI) containerLogs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer f.Close()
+	if _, err := f.Seek(log.from, io.SeekStart); err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
 	w.Header().Set("Content-Type", "text/plain")
-	follow := r.URL.Query().Get("follow") == "true" && log.done != nil
+	follow := r.URL.Query().Get("follow") == "true"
 	for {
 		exited := false
 		if follow {
@@ -602,26 +640,28 @@ func finishDeletions(ctx context.Context, host kubernetes.Interface) error {
 	return nil
 }
 
-// reportExited reports a pod whose one container has exited, as the
-// kubelet does for restartPolicy Never.
-func reportExited(t *testing.T, host kubernetes.Interface, name, container string, code int) {
+// reportRunning reports the pod's one container running and ready, and its
+// init containers completed, as the kubelet does once it has started them
+// (bindAndRun reported the pod's phase and conditions).
+func reportRunning(t *testing.T, host kubernetes.Interface, namespace, name string) {
 	t.Helper()
-	ctx := context.Background()
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		p, err := host.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
+	updateContainerStatus(t, host, namespace, name, "running", func(p *corev1.Pod, started metav1.Time) {
+		p.Status.ContainerStatuses = []corev1.ContainerStatus{{
+			Name: p.Spec.Containers[0].Name, Image: p.Spec.Containers[0].Image, Ready: true, Started: ptr.To(true),
+			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: started}},
+		}}
+	})
+}
+
+// reportExited reports the pod's one container exited with code, as the
+// kubelet does for restartPolicy Never.
+func reportExited(t *testing.T, host kubernetes.Interface, namespace, name string, code int) {
+	t.Helper()
+	updateContainerStatus(t, host, namespace, name, "exited", func(p *corev1.Pod, started metav1.Time) {
 		now := metav1.Now()
 		phase, reason := corev1.PodSucceeded, "Completed"
 		if code != 0 {
 			phase, reason = corev1.PodFailed, "Error"
-		}
-		var image string
-		for _, c := range p.Spec.Containers {
-			if c.Name == container {
-				image = c.Image
-			}
 		}
 		p.Status.Phase = phase
 		for i, c := range p.Status.Conditions {
@@ -630,13 +670,38 @@ func reportExited(t *testing.T, host kubernetes.Interface, name, container strin
 			}
 		}
 		p.Status.ContainerStatuses = []corev1.ContainerStatus{{
-			Name: container, Image: image, ImageID: image,
-			State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: int32(code), Reason: reason, StartedAt: *p.Status.StartTime, FinishedAt: now}},
+			Name: p.Spec.Containers[0].Name, Image: p.Spec.Containers[0].Image, Started: ptr.To(false),
+			State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: int32(code), Reason: reason, StartedAt: started, FinishedAt: now}},
 		}}
+	})
+}
+
+// updateContainerStatus sets the pod's container statuses with set; its
+// init containers are reported completed.
+func updateContainerStatus(t *testing.T, host kubernetes.Interface, namespace, name, what string, set func(p *corev1.Pod, started metav1.Time)) {
+	t.Helper()
+	ctx := context.Background()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		p, err := host.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if len(p.Spec.Containers) != 1 || p.Status.StartTime == nil {
+			return fmt.Errorf("want a pod with one container, reported started (bindAndRun); it has %d containers, start time %v", len(p.Spec.Containers), p.Status.StartTime)
+		}
+		started := *p.Status.StartTime
+		p.Status.InitContainerStatuses = nil
+		for _, c := range p.Spec.InitContainers {
+			p.Status.InitContainerStatuses = append(p.Status.InitContainerStatuses, corev1.ContainerStatus{
+				Name: c.Name, Image: c.Image,
+				State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 0, Reason: "Completed", StartedAt: started, FinishedAt: started}},
+			})
+		}
+		set(p, started)
 		_, err = host.CoreV1().Pods(namespace).UpdateStatus(ctx, p, metav1.UpdateOptions{})
 		return err
 	})
 	if err != nil {
-		t.Fatalf("report pod %s/%s exited: %v", namespace, name, err)
+		t.Fatalf("report pod %s/%s %s: %v", namespace, name, what, err)
 	}
 }

@@ -275,7 +275,7 @@ func runLive(t *testing.T, v variant, syncerDir string, h hostCluster) {
 		return apierrors.IsNotFound(err), err
 	}, syncer)
 	if cli, ok := snap.(snapshotRequest); ok {
-		pod, vols, syncer = cli.restoreWithCLI(t, kubelet, ports)
+		pod, vols, syncer = cli.restoreWithCLI(t, kubelet, syncer, ports)
 	} else {
 		syncer.kill(t)
 		waitPortsClosed(t, ports...)
@@ -302,7 +302,7 @@ func runLive(t *testing.T, v variant, syncerDir string, h hostCluster) {
 // they copy), then `kubectl delete -f` of the manifest. The PVC is kept.
 // Applying the manifest again runs a new pod on the same PVC: every object
 // of the virtual cluster is back, and the syncer re-creates its host copies.
-func removeAndReapply(t *testing.T, v variant, host *testserver.Server, syncer *syncerPod, vols *podVolumes, syncerDir, logPath string, ports []string, hostName func(string) string) {
+func removeAndReapply(t *testing.T, v variant, host *testserver.Server, syncer *containerRun, vols *podVolumes, syncerDir, logPath string, ports []string, hostName func(string) string) {
 	t.Helper()
 	ctx := context.Background()
 	manifest := filepath.Join(repoRoot(), "package", v.manifest)
@@ -430,7 +430,7 @@ func removeAndReapply(t *testing.T, v variant, host *testserver.Server, syncer *
 
 // waitClusterIP waits until the virtual Service default/virtualName has
 // the ClusterIP of the host Service hostName, which the syncer gives it.
-func waitClusterIP(t *testing.T, host *testserver.Server, hostName string, virtual virtualCluster, virtualName string, syncer *syncerPod) {
+func waitClusterIP(t *testing.T, host *testserver.Server, hostName string, virtual virtualCluster, virtualName string, syncer *containerRun) {
 	t.Helper()
 	ctx := context.Background()
 	hostSvc, err := host.Client.CoreV1().Services(namespace).Get(ctx, hostName, metav1.GetOptions{})
@@ -562,7 +562,7 @@ type virtualCluster struct {
 
 // becomesReady reports whether the syncer passes its readiness probe
 // within timeout; false once it has exited.
-func becomesReady(syncer *syncerPod, timeout time.Duration) bool {
+func becomesReady(syncer *containerRun, timeout time.Duration) bool {
 	probe := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	for deadline := time.Now().Add(timeout); time.Now().Before(deadline) && syncer.running(); time.Sleep(2 * time.Second) {
 		if res, err := probe.Get("https://127.0.0.1:8443/readyz"); err == nil {
@@ -578,7 +578,7 @@ func becomesReady(syncer *syncerPod, timeout time.Duration) bool {
 // waitReady waits for the syncer's readiness probe (HTTPS /readyz on 8443,
 // as the kubelet probes it) and the kubeconfig Secret, and checks that
 // kubectl works with it.
-func waitReady(t *testing.T, host *testserver.Server, syncer *syncerPod) virtualCluster {
+func waitReady(t *testing.T, host *testserver.Server, syncer *containerRun) virtualCluster {
 	t.Helper()
 	ctx := context.Background()
 	probe := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
@@ -852,7 +852,7 @@ func kubectl(t *testing.T, kubeconfig string, args ...string) string {
 }
 
 // kubectlExit runs upstream kubectl with stdin and returns its stdout and
-// exit code; it fails the test only if kubectl cannot be run.
+// exit code; it fails the test if kubectl cannot be run or times out.
 func kubectlExit(t *testing.T, kubeconfig, stdin string, args ...string) (string, int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -862,6 +862,9 @@ func kubectlExit(t *testing.T, kubeconfig, stdin string, args ...string) (string
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = strings.NewReader(stdin), &out, &errOut
 	err := cmd.Run()
 	var exit *exec.ExitError
+	if ctx.Err() != nil {
+		t.Fatalf("kubectl %s: timed out (%v)\n%s", strings.Join(args, " "), err, errOut.String())
+	}
 	if err != nil && !errors.As(err, &exit) {
 		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, errOut.String())
 	}

@@ -95,8 +95,9 @@ func reexecInNetns() int {
 	}
 	env = append(env, imageEnv+"="+dir)
 	// The node's name resolves to its address, as a cluster's DNS would
-	// make it: the apiserver reaches the kubelet by the node's Hostname
-	// address first (upstream's --kubelet-preferred-address-types).
+	// make it: the apiserver reaches the kubelet at the node's Hostname
+	// address, the first of upstream's --kubelet-preferred-address-types
+	// the node reports.
 	hosts, err := os.ReadFile("/etc/hosts")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "vclusterlive:", err)
@@ -114,15 +115,14 @@ func reexecInNetns() int {
 	}
 	// --mount: the bind mount over /etc/hosts is private to the namespace.
 	cmd := exec.Command("unshare", append([]string{"--net", "--mount", "--", "/bin/sh", "-c",
-		`ip link set lo up && mount --bind "$HOSTS_FILE" /etc/hosts && exec "$0" "$@"`, self}, os.Args[1:]...)...)
-	env = append(env, "HOSTS_FILE="+hostsFile)
+		`ip link set lo up && mount --bind "$0" /etc/hosts && exec "$@"`, hostsFile, self}, os.Args[1:]...)...)
 	cmd.Env = env
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	if err := cmd.Run(); err != nil {
 		if exit, ok := err.(*exec.ExitError); ok {
 			return exit.ExitCode()
 		}
-		fmt.Fprintln(os.Stderr, "vclusterlive: unshare --net:", err)
+		fmt.Fprintln(os.Stderr, "vclusterlive: unshare --net --mount:", err)
 		return 1
 	}
 	return 0
