@@ -29,6 +29,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	certutil "k8s.io/client-go/util/cert"
 	"k8s.io/client-go/util/retry"
+	"k8s.io/cri-streaming/pkg/streaming/portforward"
 	remotecommandserver "k8s.io/cri-streaming/pkg/streaming/remotecommand"
 	utilexec "k8s.io/utils/exec"
 	"k8s.io/utils/ptr"
@@ -442,7 +443,8 @@ func poll(t *testing.T, what string, interval, timeout time.Duration, cond func(
 // kubeletAPI is the node's kubelet API as far as the host apiserver uses it
 // here: container logs (`kubectl logs` in the virtual cluster, whose syncer
 // sends it to the host apiserver; vCluster's CLI reading its restore pod)
-// and exec (`kubectl exec`), served by the kubelet's own streaming library.
+// and exec and port forwarding (`kubectl exec`, `kubectl port-forward`),
+// served by the kubelet's own streaming library.
 // It serves HTTPS on the node's port 10250 with a self-signed certificate:
 // the apiserver checks it only against --kubelet-certificate-authority,
 // which harikube does not set.
@@ -451,6 +453,7 @@ type kubeletAPI struct {
 	mu    sync.Mutex
 	logs  map[string]containerLog // namespace/pod/container
 	roots map[string]string       // namespace/pod/container -> its root for exec
+	ports map[string]string       // namespace/pod/port -> where this machine serves it
 }
 
 // containerLog is a container's log file from offset from; done is closed
@@ -472,10 +475,11 @@ func startKubeletAPI(t *testing.T) *kubeletAPI {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	k := &kubeletAPI{ctx: ctx, logs: map[string]containerLog{}, roots: map[string]string{}}
+	k := &kubeletAPI{ctx: ctx, logs: map[string]containerLog{}, roots: map[string]string{}, ports: map[string]string{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /containerLogs/{namespace}/{pod}/{container}", k.containerLogs)
 	mux.HandleFunc("/exec/{namespace}/{pod}/{container}", k.exec)
+	mux.HandleFunc("/portForward/{namespace}/{pod}", k.portForward)
 	srv := &http.Server{Handler: mux, TLSConfig: &tls.Config{Certificates: []tls.Certificate{pair}}, ReadHeaderTimeout: 10 * time.Second}
 	ln, err := net.Listen("tcp", net.JoinHostPort(nodeIP, "10250"))
 	if err != nil {
@@ -560,6 +564,50 @@ func (e chrootExecutor) ExecInContainer(_ context.Context, _, _, _ string, cmd [
 		}
 		return utilexec.CodeExitError{Err: err, Code: code}
 	}
+	return err
+}
+
+// servePort forwards connections to the pod's port to addr on this machine.
+func (k *kubeletAPI) servePort(namespace, pod string, port int32, addr string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.ports[fmt.Sprintf("%s/%s/%d", namespace, pod, port)] = addr
+}
+
+// portForward carries connections to the pod's ports as the kubelet does.
+func (k *kubeletAPI) portForward(w http.ResponseWriter, r *http.Request) {
+	opts, err := portforward.NewV4Options(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	portforward.ServePortForward(w, r, podPorts{k: k, namespace: r.PathValue("namespace")}, r.PathValue("pod"), "", opts,
+		5*time.Minute, 30*time.Second, portforward.SupportedProtocols)
+}
+
+// podPorts connects a forwarded stream to where servePort says the pod's
+// port is.
+type podPorts struct {
+	k         *kubeletAPI
+	namespace string
+}
+
+func (p podPorts) PortForward(ctx context.Context, pod, _ string, port int32, stream io.ReadWriteCloser) error {
+	defer stream.Close()
+	p.k.mu.Lock()
+	addr, ok := p.k.ports[fmt.Sprintf("%s/%s/%d", p.namespace, pod, port)]
+	p.k.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("pod %s/%s serves nothing on port %d", p.namespace, pod, port)
+	}
+	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	// Ends with the connection, closed once the pod's side has answered.
+	go func() { _, _ = io.Copy(conn, stream) }()
+	_, err = io.Copy(stream, conn)
 	return err
 }
 

@@ -3,6 +3,7 @@
 package vclusterlive
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -13,9 +14,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -218,6 +222,15 @@ func runLive(t *testing.T, v variant, syncerDir string, h hostCluster) {
 	execOut, execCode := kubectlExit(t, virtual.kubeconfig, "hello through stdin\n", "exec", "-i", "live-pod", "-c", "app", "--", "sh", "-c", "cat; echo done; exit 3")
 	if want := "hello through stdin\ndone\n"; execOut != want || execCode != 3 {
 		t.Errorf("kubectl exec -i live-pod -- sh -c 'cat; echo done; exit 3' in the virtual cluster: %q, exit code %d; want %q, 3", execOut, execCode, want)
+	}
+	// And `kubectl port-forward`: a request to its local port reaches what
+	// serves the host pod's port 8080 (a server on loopback here).
+	const podAnswer = "live-pod: port 8080 of the host pod"
+	podServer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, podAnswer) }))
+	t.Cleanup(podServer.Close)
+	kubelet.servePort(namespace, hostName("live-pod"), 8080, podServer.Listener.Addr().String())
+	if got := getThroughPortForward(t, virtual.kubeconfig, "pod/live-pod", 8080); got != podAnswer {
+		t.Errorf("GET through kubectl port-forward pod/live-pod :8080 in the virtual cluster: %q, want %q", got, podAnswer)
 	}
 	deadline := time.Now().Add(evictionWait)
 	for time.Now().Before(deadline) {
@@ -849,6 +862,53 @@ func kubectl(t *testing.T, kubeconfig string, args ...string) string {
 		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, errOut.String())
 	}
 	return out.String()
+}
+
+// getThroughPortForward runs `kubectl port-forward target :port` and
+// returns the body of a GET of its local port.
+func getThroughPortForward(t *testing.T, kubeconfig, target string, port int) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, testserver.Binary(t), "kubectl", "--kubeconfig", kubeconfig, "port-forward", target, fmt.Sprintf(":%d", port))
+	var errOut bytes.Buffer
+	cmd.Stderr = &errOut
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stop := func() { cancel(); _ = cmd.Wait() }
+	defer stop()
+	fail := func(format string, args ...any) {
+		t.Helper()
+		stop() // kubectl's stderr is complete once it has exited
+		t.Fatalf("kubectl port-forward %s :%d: %s; kubectl's stderr: %s", target, port, fmt.Sprintf(format, args...), errOut.String())
+	}
+	forwarding := regexp.MustCompile(`^Forwarding from (127\.0\.0\.1:[0-9]+) -> ` + strconv.Itoa(port) + `$`)
+	var local string
+	for sc := bufio.NewScanner(stdout); local == "" && sc.Scan(); {
+		if m := forwarding.FindStringSubmatch(sc.Text()); m != nil {
+			local = m[1]
+		}
+	}
+	if local == "" {
+		fail("printed no local address")
+	}
+	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+	client := &http.Client{Timeout: 30 * time.Second}
+	res, err := client.Get("http://" + local + "/")
+	if err != nil {
+		fail("GET: %v", err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil || res.StatusCode != http.StatusOK {
+		fail("GET: status %d, %v", res.StatusCode, err)
+	}
+	return string(body)
 }
 
 // kubectlExit runs upstream kubectl with stdin and returns its stdout and
