@@ -607,8 +607,10 @@ func (p podPorts) PortForward(ctx context.Context, pod, _ string, port int32, st
 	defer conn.Close()
 	// Ends with the connection, closed once the pod's side has answered.
 	go func() { _, _ = io.Copy(conn, stream) }()
-	_, err = io.Copy(stream, conn)
-	return err
+	if _, err := io.Copy(stream, conn); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+		return err // not the client going away first
+	}
+	return nil
 }
 
 // containerLogs answers as the kubelet does: the log so far, or with

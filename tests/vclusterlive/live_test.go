@@ -166,6 +166,17 @@ func runLive(t *testing.T, v variant, syncerDir string, h hostCluster) {
 
 	waitClusterIP(t, host, release, virtual, "kubernetes", syncer)
 
+	// `vcluster connect kine -n kine -- kubectl get namespaces`, with the
+	// version's CLI: it port-forwards to the pod's port 8443 through the
+	// host apiserver and the node's kubelet, and runs the command with a
+	// kubeconfig for that local port.
+	kubelet.servePort(namespace, release+"-0", 8443, "127.0.0.1:8443")
+	connected := vclusterctl(t, host, syncerDir, "connect", release, "--namespace", namespace, "--",
+		testserver.Binary(t), "kubectl", "get", "namespaces", "-o", "name")
+	if !strings.Contains(connected, "namespace/default\n") || !strings.Contains(connected, "namespace/kube-system\n") {
+		t.Errorf("vcluster connect %s -- kubectl get namespaces: %q, want namespace/default and namespace/kube-system", release, connected)
+	}
+
 	// Objects created in the virtual cluster appear in the host namespace
 	// under vCluster's names; the host Pod waits for a scheduler.
 	createWorkload(t, virtual.client)
