@@ -497,6 +497,19 @@ func startKubeletAPI(t *testing.T) *kubeletAPI {
 	return k
 }
 
+// containerKey names the request's container in kubeletAPI's maps.
+func containerKey(r *http.Request) string {
+	return r.PathValue("namespace") + "/" + r.PathValue("pod") + "/" + r.PathValue("container")
+}
+
+// lookup reads one of kubeletAPI's maps.
+func lookup[V any](k *kubeletAPI, m map[string]V, key string) (V, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	v, ok := m[key]
+	return v, ok
+}
+
 // serveLog makes the container's log readable through the apiserver.
 func (k *kubeletAPI) serveLog(namespace, pod, container string, log containerLog) {
 	k.mu.Lock()
@@ -514,9 +527,7 @@ func (k *kubeletAPI) serveExec(namespace, pod, container, root string) {
 // exec runs the request's command in the container with its streams
 // (stdin, stdout, stderr) and exit code carried as the kubelet carries them.
 func (k *kubeletAPI) exec(w http.ResponseWriter, r *http.Request) {
-	k.mu.Lock()
-	root, ok := k.roots[r.PathValue("namespace")+"/"+r.PathValue("pod")+"/"+r.PathValue("container")]
-	k.mu.Unlock()
+	root, ok := lookup(k, k.roots, containerKey(r))
 	if !ok {
 		http.Error(w, "container not found", http.StatusNotFound)
 		return
@@ -594,9 +605,7 @@ type podPorts struct {
 
 func (p podPorts) PortForward(ctx context.Context, pod, _ string, port int32, stream io.ReadWriteCloser) error {
 	defer stream.Close()
-	p.k.mu.Lock()
-	addr, ok := p.k.ports[fmt.Sprintf("%s/%s/%d", p.namespace, pod, port)]
-	p.k.mu.Unlock()
+	addr, ok := lookup(p.k, p.k.ports, fmt.Sprintf("%s/%s/%d", p.namespace, pod, port))
 	if !ok {
 		return fmt.Errorf("pod %s/%s serves nothing on port %d", p.namespace, pod, port)
 	}
@@ -624,9 +633,7 @@ func (k *kubeletAPI) containerLogs(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	k.mu.Lock()
-	log, ok := k.logs[r.PathValue("namespace")+"/"+r.PathValue("pod")+"/"+r.PathValue("container")]
-	k.mu.Unlock()
+	log, ok := lookup(k, k.logs, containerKey(r))
 	if !ok {
 		http.Error(w, "container not found", http.StatusNotFound)
 		return
