@@ -239,6 +239,27 @@ func (o *Options) complete() error {
 	if o.Out == nil {
 		o.Out = io.Discard
 	}
+	// A run takes minutes to hours: refuse a path it could not write at the
+	// end before it starts.
+	if o.ProfileDir != "" {
+		if err := os.MkdirAll(o.ProfileDir, 0o700); err != nil {
+			return fmt.Errorf("--profile-dir: %w", err)
+		}
+	}
+	for flag, path := range map[string]string{"--json": o.JSONPath, "--chart": o.ChartPath, "--work-dir": o.WorkDir} {
+		if path == "" {
+			continue
+		}
+		dir := path
+		if flag != "--work-dir" {
+			dir = filepath.Dir(path)
+		}
+		if st, err := os.Stat(dir); err != nil {
+			return fmt.Errorf("%s %s: %w", flag, path, err)
+		} else if !st.IsDir() {
+			return fmt.Errorf("%s %s: %s is not a directory", flag, path, dir)
+		}
+	}
 	return nil
 }
 

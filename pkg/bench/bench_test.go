@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/xml"
 	"io"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -256,6 +258,41 @@ func TestChartOfARunWithoutFigures(t *testing.T) {
 	for _, title := range []string{chartListTitle, chartRSSTitle} {
 		if !strings.Contains(buf.String(), title+" (no figures)") {
 			t.Errorf("chart lacks the panel %q marked as having no figures", title)
+		}
+	}
+}
+
+func TestOptionsCheckOutputPathsBeforeTheRun(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{Binary: "harikube", Sizes: []int{10}, ProfileDir: filepath.Join(dir, "a", "profiles")}
+	if err := opts.complete(); err != nil {
+		t.Fatalf("complete: %v", err)
+	}
+	st, err := os.Stat(opts.ProfileDir)
+	if err != nil {
+		t.Fatalf("the profile directory was not created: %v", err)
+	}
+	if !st.IsDir() || st.Mode().Perm() != 0o700 {
+		t.Errorf("profile directory: mode %v, want a directory with 0700", st.Mode())
+	}
+
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		opts Options
+		want string
+	}{
+		{Options{JSONPath: filepath.Join(dir, "missing", "r.json")}, "--json " + filepath.Join(dir, "missing", "r.json")},
+		{Options{ChartPath: filepath.Join(file, "r.svg")}, "is not a directory"},
+		{Options{WorkDir: filepath.Join(dir, "missing")}, "--work-dir"},
+		{Options{ProfileDir: filepath.Join(file, "p")}, "--profile-dir"},
+	} {
+		tc.opts.Binary, tc.opts.Sizes = "harikube", []int{10}
+		err := tc.opts.complete()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("complete(%+v) = %v, want an error containing %q", tc.opts, err, tc.want)
 		}
 	}
 }
