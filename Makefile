@@ -26,6 +26,7 @@ export CGO_ENABLED := 0
 # name, to some build systems) is not taken for it; `make dist DIST=dir` is.
 DIST := dist
 DIST_PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64
+DIST_FILES := $(foreach p,$(DIST_PLATFORMS),harikube-$(subst /,-,$(p)))
 
 .PHONY: build dist run test vet fmt clean
 
@@ -35,11 +36,11 @@ build:
 # Without cgo Go links on its own: Linux binaries are fully static; macOS
 # ones link the system's libraries and frameworks, as macOS requires.
 dist:
-	mkdir -p '$(DIST)' && rm -f '$(DIST)'/harikube-* '$(DIST)'/SHA256SUMS
+	mkdir -p '$(DIST)' && cd '$(DIST)' && rm -f $(DIST_FILES) SHA256SUMS
 	set -e; for p in $(DIST_PLATFORMS); do \
 		GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -ldflags '$(LDFLAGS)' -o '$(DIST)'/harikube-$${p%/*}-$${p#*/} ./cmd/harikube; \
 	done
-	cd '$(DIST)' && if command -v sha256sum >/dev/null; then sha256sum harikube-*; else shasum -a 256 harikube-*; fi >SHA256SUMS
+	cd '$(DIST)' && if command -v sha256sum >/dev/null; then sha256sum $(DIST_FILES); else shasum -a 256 $(DIST_FILES); fi >SHA256SUMS
 	@cat '$(DIST)'/SHA256SUMS
 
 run: build

@@ -45,6 +45,17 @@ func TestMakeDist(t *testing.T) {
 		t.Fatal(err)
 	}
 	dist := filepath.Join(t.TempDir(), "dist")
+	// make dist replaces its own files and leaves anything else in DIST alone.
+	const unrelated, unrelatedText = "harikube-notes.txt", "not make's\n"
+	if err := os.MkdirAll(dist, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dist, unrelated), []byte(unrelatedText), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dist, "harikube-linux-amd64"), []byte("an older build\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.Command("make", "--no-print-directory", "dist", "DIST="+dist, "VERSION="+version)
 	cmd.Dir = root
 	// Go records no -ldflags under -trimpath; the build must be the Makefile's own.
@@ -68,10 +79,13 @@ func TestMakeDist(t *testing.T) {
 		got = append(got, e.Name())
 	}
 	sort.Strings(want)
-	wantFiles := append(append([]string{}, want...), "SHA256SUMS")
+	wantFiles := append(append([]string{}, want...), "SHA256SUMS", unrelated)
 	sort.Strings(wantFiles)
 	if strings.Join(got, " ") != strings.Join(wantFiles, " ") {
-		t.Errorf("make dist wrote %v, want %v", got, wantFiles)
+		t.Errorf("make dist left %v, want %v", got, wantFiles)
+	}
+	if b, err := os.ReadFile(filepath.Join(dist, unrelated)); err != nil || string(b) != unrelatedText {
+		t.Errorf("make dist changed %s: %q, %v", unrelated, b, err)
 	}
 	var summed []string
 	for name := range sums {
