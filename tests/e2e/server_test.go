@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"debug/buildinfo"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -42,7 +43,8 @@ var widgetsGVR = schema.GroupVersionResource{Group: "e2e.harikube.io", Version: 
 func TestServer(t *testing.T) {
 	t.Parallel()
 	start := time.Now()
-	s := testserver.Start(t)
+	kubeconfig := filepath.Join(t.TempDir(), "admin.kubeconfig")
+	s := testserver.Start(t, "-o", kubeconfig)
 	t.Logf("ready in %.1fs", time.Since(start).Seconds())
 
 	t.Run("StartupLogsNoBenignErrors", func(t *testing.T) {
@@ -82,9 +84,32 @@ func TestServer(t *testing.T) {
 			}
 		}
 	})
+	t.Run("WriteKubeconfig", func(t *testing.T) {
+		// -o replaces <data-dir>/kubeconfig.yaml; the clients above read it.
+		if st, err := os.Stat(kubeconfig); err != nil || st.Mode().Perm() != 0o600 {
+			t.Errorf("-o %s: %v, %v; want a file with mode 0600", kubeconfig, st, err)
+		}
+		if _, err := os.Stat(filepath.Join(s.DataDir, "kubeconfig.yaml")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("with -o, %s/kubeconfig.yaml: %v, want none", s.DataDir, err)
+		}
+	})
 	t.Run("NamespaceAndConfigMap", func(t *testing.T) { testNamespaceAndConfigMap(t, s.Client) })
 	t.Run("CustomResources", func(t *testing.T) { testCustomResources(t, s.Config) })
 	t.Run("ControllerManager", func(t *testing.T) { testControllerManager(t, s.Client) })
+	t.Run("ControllerManagerIdentity", func(t *testing.T) {
+		// Per-controller credentials: the controller manager makes a
+		// service account for each controller it runs with one.
+		ctx := context.Background()
+		if _, err := s.Client.CoreV1().ServiceAccounts("kube-system").Get(ctx, "replicaset-controller", metav1.GetOptions{}); err != nil {
+			t.Errorf("ServiceAccount kube-system/replicaset-controller (per-controller credentials): %v", err)
+		}
+		// One instance, no leader election: no lease is taken (the
+		// controllers above have already run).
+		_, err := s.Client.CoordinationV1().Leases("kube-system").Get(ctx, "kube-controller-manager", metav1.GetOptions{})
+		if !apierrors.IsNotFound(err) {
+			t.Errorf("Lease kube-system/kube-controller-manager: %v, want not found (no leader election)", err)
+		}
+	})
 	t.Run("Authentication", func(t *testing.T) { testAuthentication(t, s.Config) })
 	t.Run("Authorization", func(t *testing.T) { testAuthorization(t, s.Config) })
 	t.Run("VersionEndpoint", func(t *testing.T) {
@@ -105,6 +130,20 @@ func TestServer(t *testing.T) {
 			if !strings.Contains(out, want) {
 				t.Errorf("harikube kubectl get ns: output lacks %q:\n%s", want, out)
 			}
+		}
+	})
+	t.Run("KubectlDefaultKubeconfig", func(t *testing.T) {
+		admin, err := os.ReadFile(kubeconfig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, code := runWithDefaultDataDir(t, admin, "kubectl", "get", "ns", "default", "-o", "name")
+		if code != 0 || strings.TrimSpace(out) != "namespace/default" {
+			t.Errorf("harikube kubectl get ns default, without KUBECONFIG, with the default data dir's kubeconfig: exit code %d, output:\n%s", code, out)
+		}
+		// Without that file kubectl has nothing to talk to.
+		if out, code := runWithDefaultDataDir(t, nil, "kubectl", "get", "ns", "default", "-o", "name"); code == 0 {
+			t.Errorf("harikube kubectl without KUBECONFIG or a default kubeconfig: exit code 0, output:\n%s", out)
 		}
 	})
 	t.Run("SecondServerRefused", func(t *testing.T) {
@@ -483,6 +522,48 @@ func runBinary(t *testing.T, args ...string) (string, int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, testserver.Binary(t), args...)
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("harikube %s: still running after 60s; output:\n%s", strings.Join(args, " "), out)
+	}
+	if _, ok := err.(*exec.ExitError); err != nil && !ok {
+		t.Fatalf("harikube %s: %v", strings.Join(args, " "), err)
+	}
+	return string(out), cmd.ProcessState.ExitCode()
+}
+
+// runWithDefaultDataDir runs the binary without KUBECONFIG and with admin
+// (if not nil) as the kubeconfig of the default data directory: as root
+// /var/lib/harikube, seen through a private mount namespace so that the
+// machine's own is untouched; otherwise ~/.harikube under a temporary HOME.
+func runWithDefaultDataDir(t *testing.T, admin []byte, args ...string) (string, int) {
+	t.Helper()
+	root, home := t.TempDir(), t.TempDir()
+	dataDir := filepath.Join(home, ".harikube")
+	if os.Geteuid() == 0 {
+		dataDir = filepath.Join(root, "harikube")
+	}
+	if admin != nil {
+		if err := os.MkdirAll(dataDir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dataDir, "kubeconfig.yaml"), admin, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, testserver.Binary(t), args...)
+	if os.Geteuid() == 0 {
+		script := `mount --bind "$1" /var/lib && shift && exec "$@"`
+		cmd = exec.CommandContext(ctx, "unshare", append([]string{"--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", root, testserver.Binary(t)}, args...)...)
+	}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "KUBECONFIG=") && !strings.HasPrefix(kv, "HOME=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, "HOME="+home)
 	out, err := cmd.CombinedOutput()
 	if ctx.Err() != nil {
 		t.Fatalf("harikube %s: still running after 60s; output:\n%s", strings.Join(args, " "), out)
