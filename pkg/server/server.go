@@ -297,13 +297,18 @@ func Run(ctx context.Context, cfg Config) error {
 	case err := <-stores.failed(dsCtx):
 		runErr = err
 	}
+	// Clients first, the datastore last: the apiserver finishes its
+	// requests against a datastore that is still there.
 	stopCM()
 	waitTimeout(&cmWG, 10*time.Second)
+	logrus.Info("kube-controller-manager stopped")
 	if err := stopAPIAndWait(); err != nil && runErr == nil {
 		runErr = fmt.Errorf("kube-apiserver shutdown: %w", err)
 	}
+	logrus.Info("kube-apiserver stopped")
 	stopDatastore()
 	stores.Wait()
+	logrus.Info("Datastore stopped")
 	if runErr == nil {
 		logrus.Info("Stopped")
 	}

@@ -392,8 +392,8 @@ func testAuthorization(t *testing.T, cfg *rest.Config) {
 	}
 }
 
-// TestRestartKeepsData stops a server with SIGTERM and starts it again on
-// the same data dir.
+// TestRestartKeepsData stops a server with SIGINT (the other tests use
+// SIGTERM) and starts it again on the same data dir.
 func TestRestartKeepsData(t *testing.T) {
 	t.Parallel()
 	s := testserver.Start(t)
@@ -418,10 +418,23 @@ func TestRestartKeepsData(t *testing.T) {
 	}
 
 	stopped := time.Now()
-	if code := s.Stop(t); code != 0 {
+	if code := s.StopWith(t, os.Interrupt); code != 0 {
 		t.Fatalf("stop: exit code %d, want 0", code)
 	}
 	t.Logf("stopped in %.1fs", time.Since(stopped).Seconds())
+	log, err := os.ReadFile(s.LogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The datastore goes last, so that the apiserver's last requests reach it.
+	last := -1
+	for _, line := range []string{`msg="Shutting down"`, `msg="kube-controller-manager stopped"`, `msg="kube-apiserver stopped"`, `msg="Datastore stopped"`, "msg=Stopped\n"} {
+		i := bytes.Index(log, []byte(line))
+		if i <= last {
+			t.Errorf("the server's log has no %q after the line before it (at %d, the one before at %d); stop order: shutting down, controller manager, apiserver, datastore", line, i, last)
+		}
+		last = i
+	}
 	restarted := time.Now()
 	s.Restart(t)
 	t.Logf("ready again in %.1fs", time.Since(restarted).Seconds())

@@ -290,11 +290,13 @@ func (s *Server) running() bool {
 
 // stop sends SIGTERM and waits; after stopTimeout it kills the process and
 // returns -1.
-func (s *Server) stop() int {
+func (s *Server) stop() int { return s.stopWith(syscall.SIGTERM) }
+
+func (s *Server) stopWith(sig os.Signal) int {
 	if !s.running() {
 		return s.code
 	}
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	_ = s.cmd.Process.Signal(sig)
 	select {
 	case <-s.done:
 		return s.code
@@ -309,12 +311,18 @@ func (s *Server) stop() int {
 // code. A server still running after 60 s is killed and the test fails.
 func (s *Server) Stop(t testing.TB) int {
 	t.Helper()
+	return s.StopWith(t, syscall.SIGTERM)
+}
+
+// StopWith is Stop with another signal.
+func (s *Server) StopWith(t testing.TB, sig os.Signal) int {
+	t.Helper()
 	if !s.running() {
 		t.Fatalf("harikube server is not running")
 	}
-	code := s.stop()
+	code := s.stopWith(sig)
 	if code == -1 {
-		t.Fatalf("harikube server did not stop within %s of SIGTERM; killed\nlast log lines:\n%s", stopTimeout, s.logTail())
+		t.Fatalf("harikube server did not stop within %s of %v; killed\nlast log lines:\n%s", stopTimeout, sig, s.logTail())
 	}
 	return code
 }
