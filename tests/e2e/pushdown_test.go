@@ -267,12 +267,44 @@ func testBuiltinFieldSelectors(t *testing.T, datastoreArgs []string) {
 	if s.Metric(t, "harikube_datastore_selection_requests_total", `resource="pods"`) <= before {
 		t.Fatal("pod field selector did not reach the datastore")
 	}
+	// A WATCH's selection reaches the datastore too (counted as resource
+	// "any"), which drops the events that cannot match.
+	watches := s.Metric(t, "harikube_datastore_selection_requests_total", `resource="any"`, `kind="watch"`)
+	filtered := s.Metric(t, "harikube_datastore_watch_events_filtered_total")
+	w, err := s.Client.CoreV1().Pods("default").Watch(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=node1", ResourceVersion: pods.ResourceVersion})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	for _, p := range []struct{ name, node string }{{"elsewhere", "node2"}, {"here", "node1"}} {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: p.name, Namespace: "default"},
+			Spec:       corev1.PodSpec{NodeName: p.node, Containers: []corev1.Container{{Name: "c", Image: "busybox"}}},
+		}
+		if _, err := s.Client.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case ev := <-w.ResultChan():
+		if p, ok := ev.Object.(*corev1.Pod); !ok || ev.Type != watch.Added || p.Name != "here" {
+			t.Errorf("watch spec.nodeName=node1: first event %s %v, want ADDED pod here", ev.Type, ev.Object)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("watch spec.nodeName=node1: no event in 30 s")
+	}
+	if got := s.Metric(t, "harikube_datastore_selection_requests_total", `resource="any"`, `kind="watch"`); got <= watches {
+		t.Errorf("selection watches: %v before the WATCH, %v after; the WATCH's selection did not reach the datastore", watches, got)
+	}
+	if got := s.Metric(t, "harikube_datastore_watch_events_filtered_total"); got <= filtered {
+		t.Errorf("watch events filtered in the datastore: %v before the pod on node2, %v after", filtered, got)
+	}
 	pods, err = s.Client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName!=node1"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(pods.Items) != 2 {
-		t.Fatalf("spec.nodeName!=node1: got %d pods, want 2", len(pods.Items))
+	if len(pods.Items) != 3 {
+		t.Fatalf("spec.nodeName!=node1: got %d pods, want 3", len(pods.Items))
 	}
 
 	for i, involved := range []string{"web", "web-1", "web"} {
