@@ -69,10 +69,18 @@ func RunSplit(ctx context.Context, opts SplitOptions) ([]SplitResult, error) {
 			return results, err
 		}
 		var extra []string
+		eventsDB := ""
 		if layout == "two files" {
-			extra = []string{"--datastore-override=/events=sqlite://" + filepath.Join(dir, "server", "db", "events.db")}
+			eventsDB = filepath.Join(dir, "server", "db", "events.db")
+			extra = []string{"--datastore-override=/events=sqlite://" + eventsDB}
 		}
 		res, err := runSplitLayout(ctx, opts, con, dir, layout, extra)
+		if err == nil && eventsDB != "" {
+			// The comparison means nothing unless the Events went there.
+			if st, statErr := os.Stat(eventsDB); statErr != nil || st.Size() == 0 {
+				err = fmt.Errorf("the Events' own datastore %s was not written: %v", eventsDB, statErr)
+			}
+		}
 		os.RemoveAll(dir)
 		if err != nil {
 			return results, fmt.Errorf("%s: %w", layout, err)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -187,5 +188,32 @@ func checkProfile(t *testing.T, path, want string) {
 	body, err := io.ReadAll(zr)
 	if err != nil || !bytes.Contains(body, []byte(want)) {
 		t.Errorf("%s: %d bytes (%v), no sample type %q", path, len(body), err, want)
+	}
+}
+
+// TestBenchSplit runs `harikube bench split` briefly: both layouts must
+// create both resources, and the second must have written the Events' own
+// file (the bench checks that itself).
+func TestBenchSplit(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, testserver.Binary(t), "bench", "split", "--duration", "3s", "--clients", "2", "--work-dir", t.TempDir())
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("harikube bench split: %v\n%s", err, out)
+	}
+	t.Logf("harikube bench split output:\n%s", out)
+	row := regexp.MustCompile(`(?m)^(one file|two files)\s+(events|widgets)\s+([0-9]+)\s+([0-9]+)\s`)
+	seen := map[string]bool{}
+	for _, m := range row.FindAllStringSubmatch(string(out), -1) {
+		if m[3] == "0" {
+			t.Errorf("%s, %s: no creates", m[1], m[2])
+		}
+		seen[m[1]+"/"+m[2]] = true
+	}
+	for _, want := range []string{"one file/events", "one file/widgets", "two files/events", "two files/widgets"} {
+		if !seen[want] {
+			t.Errorf("the table has no row for %s", want)
+		}
 	}
 }
