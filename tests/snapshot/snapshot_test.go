@@ -148,6 +148,7 @@ func TestSnapshotsUnderWrites(t *testing.T) {
 	}
 
 	checkScheduled(t, s)
+	saveToExistingDir(t, s)
 	checkListAndPrune(t, s, snaps)
 	refuseWhileRunning(t, s, snaps[0].path)
 
@@ -189,10 +190,45 @@ func save(t *testing.T, s *testserver.Server, args ...string) savedSnapshot {
 	if fi.Size() != snap.size || fi.Mode().Perm() != 0o600 {
 		t.Errorf("snapshot %s: %d bytes mode %o; printed %d bytes, want mode 600", snap.path, fi.Size(), fi.Mode().Perm(), snap.size)
 	}
-	if di, err := os.Stat(filepath.Dir(snap.path)); err != nil || di.Mode().Perm() != 0o700 {
-		t.Errorf("snapshot directory %s: mode %v (%v), want 700", filepath.Dir(snap.path), di.Mode().Perm(), err)
+	// A directory harikube creates is the owner's only; an existing --dir
+	// keeps its mode (saveToExistingDir).
+	if flagValue(args, "--dir") == "" {
+		if di, err := os.Stat(filepath.Dir(snap.path)); err != nil || di.Mode().Perm() != 0o700 {
+			t.Errorf("snapshot directory %s: mode %v (%v), want 700", filepath.Dir(snap.path), di.Mode().Perm(), err)
+		}
 	}
 	return snap
+}
+
+func flagValue(args []string, name string) string {
+	for i, a := range args {
+		if a == name && i+1 < len(args) {
+			return args[i+1]
+		}
+		if v, ok := strings.CutPrefix(a, name+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// saveToExistingDir: save --dir into an existing directory of mode 0755
+// writes the snapshot there, mode 0600 (save checks), and leaves the
+// directory's mode as it was.
+func saveToExistingDir(t *testing.T, s *testserver.Server) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "shared")
+	must(t, os.Mkdir(dir, 0o755))
+	must(t, os.Chmod(dir, 0o755)) // whatever the umask
+	snap := save(t, s, "--dir", dir, "--name", "elsewhere")
+	if filepath.Dir(snap.path) != dir {
+		t.Errorf("save --dir %s wrote %s", dir, snap.path)
+	}
+	di, err := os.Stat(dir)
+	must(t, err)
+	if di.Mode().Perm() != 0o755 {
+		t.Errorf("existing --dir %s after save: mode %v, want it kept at 755", dir, di.Mode().Perm())
+	}
 }
 
 // runWriter creates, updates (new labels) and deletes objects of one kind
@@ -415,7 +451,32 @@ func checkScheduled(t *testing.T, s *testserver.Server) {
 	if last := s.Metric(t, "harikube_snapshot_last_success_timestamp_seconds"); time.Since(time.Unix(int64(last), 0)) > time.Minute {
 		t.Errorf("harikube_snapshot_last_success_timestamp_seconds = %v", last)
 	}
+
+	// The schedule goes on, and a new file appears before the metric
+	// follows it: poll until a listing and the metric read after it agree.
+	var newest int64
+	var metric float64
+	err = wait.PollUntilContextTimeout(context.Background(), 500*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		out, code := s.Run(t, "snapshot", "ls", "--data-dir", s.DataDir)
+		if code != 0 {
+			return false, fmt.Errorf("snapshot ls: exit %d\n%s", code, out)
+		}
+		m := reScheduledLs.FindAllStringSubmatch(out, -1)
+		if len(m) == 0 {
+			return false, fmt.Errorf("snapshot ls lists no scheduled snapshot:\n%s", out)
+		}
+		newest, _ = strconv.ParseInt(m[len(m)-1][1], 10, 64) // ls lists oldest first
+		metric = s.Metric(t, "harikube_snapshot_last_revision")
+		return newest > 0 && metric == float64(newest), nil
+	})
+	if err != nil {
+		t.Errorf("harikube_snapshot_last_revision = %v, the newest scheduled snapshot holds revision %d: %v", metric, newest, err)
+	}
 }
+
+// reScheduledLs matches a scheduled snapshot's line of `snapshot ls`
+// (NAME PATH SIZE REVISION ...) and captures its revision.
+var reScheduledLs = regexp.MustCompile(`(?m)^scheduled\s+\S+\s+\d+\s+(\d+)\s`)
 
 // checkListAndPrune: ls shows the on-demand snapshots with their revisions;
 // prune --retain 2 deletes the oldest one only.

@@ -170,15 +170,20 @@ var labelSels = []string{"tier=a", "tier in (b,c),rare=yes", "tier!=a", "!rare",
 // predicate and are answered by that resource's datastore; each file holds
 // only its own resource; SIGKILL during writes to all four and a restart
 // keep every acknowledged write; a restart without, or with a changed,
-// override is refused, naming what it would hide.
+// override is refused, naming what it would hide, how many objects and
+// where the flags now send them. The server warns that its snapshot
+// schedule saves the default datastore only.
 func TestSplitDatastores(t *testing.T) {
 	pg := pgserver.Start(t)
 	pgDSN := pg.DSN()
 	dir := t.TempDir()
 	ks, overrideArgs := kinds(dir, pgDSN)
-	s := testserver.Start(t, append([]string{"--data-dir", dir}, overrideArgs...)...)
+	// A schedule that never fires during the test: only its warning is
+	// looked at.
+	s := testserver.Start(t, append([]string{"--data-dir", dir, "--snapshot-schedule", "@every 24h"}, overrideArgs...)...)
 	ctx := context.Background()
 	checkUnservedOverrideWarning(t, s)
+	checkSnapshotScheduleWarning(t, s)
 	createCRD(t, s, "widgets", "Widget")
 	createCRD(t, s, "gadgets", "Gadget")
 	dyn := dynamic.NewForConfigOrDie(s.Config)
@@ -246,20 +251,27 @@ func TestSplitDatastores(t *testing.T) {
 	checkAll(t, s, dir, overrideArgs, "offline")
 
 	// Refusals: events dropped (back to the default), widgets moved to
-	// another file.
+	// another file. Each names how many objects the holder has, counted
+	// here in its database (the server is stopped, so nothing changes them).
+	defaultStore := "default (SQLite " + filepath.Join(dir, "db", "state.db") + ")"
 	dropped := []string{"--data-dir", dir, overrideArgs[1], overrideArgs[2], overrideArgs[3]}
-	refused(t, s, dropped, "events", "/registry/events/", filepath.Join(dir, "db", "events.db"))
+	refused(t, s, dropped, "events", "/registry/events/", filepath.Join(dir, "db", "events.db"),
+		liveObjects(t, "sqlite", sqliteDSN(dir, "events.db"), ks[0].prefix), defaultStore)
 	moved := []string{"--data-dir", dir, overrideArgs[0], "--datastore-override=" + group + "/widgets=sqlite://" + filepath.Join(dir, "db", "widgets2.db"), overrideArgs[2], overrideArgs[3]}
-	refused(t, s, moved, "widgets."+group, "/registry/"+group+"/widgets/", filepath.Join(dir, "db", "widgets.db"))
+	refused(t, s, moved, "widgets."+group, "/registry/"+group+"/widgets/", filepath.Join(dir, "db", "widgets.db"),
+		liveObjects(t, "sqlite", sqliteDSN(dir, "widgets.db"), ks[1].prefix), "widgets."+group+" (SQLite "+filepath.Join(dir, "db", "widgets2.db")+")")
 	pgDropped := []string{"--data-dir", dir, overrideArgs[0], overrideArgs[1], overrideArgs[3]}
-	refused(t, s, pgDropped, "configmaps", "/registry/configmaps/", "configmaps")
+	refused(t, s, pgDropped, "configmaps", "/registry/configmaps/", "configmaps",
+		liveObjects(t, "pgx", pgDSN, ks[2].prefix), defaultStore)
 	// Adding an override for a resource the default datastore holds.
 	added := append(append([]string{}, overrideArgs...), "--data-dir", dir, "--datastore-override="+group+"/gadgets=sqlite://"+filepath.Join(dir, "db", "gadgets.db"))
-	refused(t, s, added, "gadgets."+group, "/registry/"+group+"/gadgets/", "default")
+	gadgets := liveObjects(t, "sqlite", sqliteDSN(dir, "state.db"), ks[3].prefix)
+	gadgetsStore := "gadgets." + group + " (SQLite " + filepath.Join(dir, "db", "gadgets.db") + ")"
+	refused(t, s, added, "gadgets."+group, "/registry/"+group+"/gadgets/", "default", gadgets, gadgetsStore)
 	// The same from a database whose routes were never recorded (an older
 	// harikube's): the resource's usual keys are looked at.
 	forgetRoutes(t, dir)
-	refused(t, s, added, "gadgets."+group, "/registry/"+group+"/gadgets/", "default")
+	refused(t, s, added, "gadgets."+group, "/registry/"+group+"/gadgets/", "default", gadgets, gadgetsStore)
 
 	// The same flags again: everything is there.
 	s.Restart(t)
@@ -276,7 +288,27 @@ func TestSplitDatastores(t *testing.T) {
 	if err := pg.Halt(); err != nil {
 		t.Fatal(err)
 	}
-	refused(t, s, pgDropped, "configmaps", "/registry/configmaps/", "it cannot be checked for objects left")
+	refused(t, s, pgDropped, "configmaps", "/registry/configmaps/", "it cannot be checked for objects left", -1, "default")
+}
+
+// liveObjects counts the keys under prefix whose newest row is not a
+// deletion: the objects a datastore holds there.
+func liveObjects(t *testing.T, driver, dsn, prefix string) int64 {
+	t.Helper()
+	db, err := sql.Open(driver, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var n int64
+	q := "SELECT COUNT(*) FROM kine AS k JOIN (SELECT name, MAX(id) AS id FROM kine WHERE name LIKE '" + prefix + "%' GROUP BY name) AS newest ON k.id = newest.id WHERE k.deleted = 0"
+	if err := db.QueryRow(q).Scan(&n); err != nil {
+		t.Fatalf("count the objects under %s: %v", prefix, err)
+	}
+	if n == 0 {
+		t.Fatalf("no objects under %s to be stranded", prefix)
+	}
+	return n
 }
 
 // checkModes: the override databases and sockets are the owner's only, as
@@ -672,8 +704,10 @@ func writeUntilKilled(t *testing.T, s *testserver.Server, dyn *dynamic.DynamicCl
 }
 
 // refused starts the server with args and expects it to exit non-zero,
-// naming the resource, its keys and the datastore that holds them.
-func refused(t *testing.T, s *testserver.Server, args []string, resource, prefix, holder string) {
+// naming the resource, its keys, the datastore that holds them, how many
+// objects that is (objects < 0: the holder cannot be reached to count them)
+// and the datastore the flags now route the resource to.
+func refused(t *testing.T, s *testserver.Server, args []string, resource, prefix, holder string, objects int64, dest string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -685,7 +719,13 @@ func refused(t *testing.T, s *testserver.Server, args []string, resource, prefix
 		t.Fatalf("server with %v: want a refusal, got %v\n%s", args, err, out.String())
 	}
 	msg := out.String()
-	for _, want := range []string{"refusing to start", resource, prefix, holder} {
+	// The count and the destination are those of this resource's line.
+	line := fmt.Sprintf("holds %d objects of %s (keys %s), which the flags now route to datastore %s\n", objects, resource, prefix, dest)
+	if objects < 0 {
+		line = fmt.Sprintf("held %s (keys %s), which the flags now route to datastore %s; it cannot be checked for objects left", resource, prefix, dest)
+	}
+	wants := []string{"refusing to start", resource, prefix, holder, line}
+	for _, want := range wants {
 		if !strings.Contains(msg, want) {
 			t.Errorf("refusal for %s does not name %q:\n%s", resource, want, lastLines(msg, 5))
 		}
@@ -778,6 +818,21 @@ func checkUnservedOverrideWarning(t *testing.T, s *testserver.Server) {
 	}
 	if want := []string{group + "/widgets"}; !slices.Equal(warned, want) {
 		t.Errorf("warnings for overrides of unserved resources: %q, want %q", warned, want)
+	}
+}
+
+// checkSnapshotScheduleWarning: scheduled snapshots save the default
+// datastore only, and a server with overrides says so at start (logged
+// before its API URL, which checkUnservedOverrideWarning waited for).
+func checkSnapshotScheduleWarning(t *testing.T, s *testserver.Server) {
+	t.Helper()
+	log, err := os.ReadFile(s.LogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const warning = "--snapshot-schedule saves the default datastore only; back up the datastores of --datastore-override separately"
+	if n := bytes.Count(log, []byte(warning)); n != 1 {
+		t.Errorf("the server with --snapshot-schedule and overrides logged %q %d times, want once", warning, n)
 	}
 }
 
