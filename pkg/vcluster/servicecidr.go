@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sirupsen/logrus"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -71,6 +72,7 @@ func (h *Host) ServiceCIDR(ctx context.Context, timeout time.Duration) (string, 
 	where := fmt.Sprintf("annotation %s of Service %s/%s on the host cluster", ServiceCIDRAnnotation, h.Namespace, h.Service)
 	var value string
 	var last, fatal error
+	var waiting bool
 	err := wait.PollUntilContextTimeout(ctx, time.Second, timeout, true, func(ctx context.Context) (bool, error) {
 		svc, err := h.Client.CoreV1().Services(h.Namespace).Get(ctx, h.Service, metav1.GetOptions{})
 		switch {
@@ -83,6 +85,10 @@ func (h *Host) ServiceCIDR(ctx context.Context, timeout time.Duration) (string, 
 		}
 		value = svc.Annotations[ServiceCIDRAnnotation]
 		if value == "" {
+			if !waiting {
+				logrus.Infof("Waiting up to %s for the %s", timeout, where)
+				waiting = true
+			}
 			last = errors.New("annotation not set")
 		}
 		return value != "", nil

@@ -69,6 +69,29 @@ func TestServiceCIDRFromHost(t *testing.T) {
 		p, _ := startInPod(t, host)
 		expectRefusal(t, p, "without a service CIDR to use", vcluster.ServiceCIDRAnnotation, "Service kine/kine", "pass --service-cidr")
 	})
+	t.Run("AnnotationLate", func(t *testing.T) {
+		// The syncer annotates its Service before it starts harikube; a
+		// slow host API may show it late, which harikube waits for.
+		t.Parallel()
+		host := newHostCluster(t, "10.96.0.0/12", "")
+		p, kubeconfig := startInPod(t, host)
+		poll(t, "harikube waiting for the annotation", 200*time.Millisecond, time.Minute, func() (bool, error) {
+			out, err := os.ReadFile(p.log)
+			return strings.Contains(string(out), "Waiting up to 30s for the annotation "+vcluster.ServiceCIDRAnnotation), err
+		})
+		ctx := context.Background()
+		svc, err := host.srv.Client.CoreV1().Services(vclusterName).Get(ctx, vclusterName, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		svc.Annotations = map[string]string{vcluster.ServiceCIDRAnnotation: "10.96.0.0/12"}
+		if _, err := host.srv.Client.CoreV1().Services(vclusterName).Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitForAPI(t, waitForFile(t, kubeconfig, p), p)
+		checkServiceCIDR(t, kubernetes.NewForConfigOrDie(restConfig(t, kubeconfig)), "10.96.0.1", "10.100.7.7", "10.43.0.10")
+		p.stop(t)
+	})
 	t.Run("NoService", func(t *testing.T) {
 		t.Parallel()
 		host := newHostCluster(t, "10.43.0.0/16", "10.43.0.0/16")
