@@ -534,7 +534,13 @@ func runBinary(t *testing.T, args ...string) (string, int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, testserver.Binary(t), args...)
+	return runBounded(t, ctx, exec.CommandContext(ctx, testserver.Binary(t), args...), args)
+}
+
+// runBounded runs cmd, made with ctx, and returns its combined output and
+// exit code; it fails the test if ctx ends first or cmd cannot run.
+func runBounded(t *testing.T, ctx context.Context, cmd *exec.Cmd, args []string) (string, int) {
+	t.Helper()
 	out, err := cmd.CombinedOutput()
 	if ctx.Err() != nil {
 		t.Fatalf("harikube %s: still running after 60s; output:\n%s", strings.Join(args, " "), out)
@@ -577,14 +583,7 @@ func runWithDefaultDataDir(t *testing.T, admin []byte, args ...string) (string, 
 		}
 	}
 	cmd.Env = append(cmd.Env, "HOME="+home)
-	out, err := cmd.CombinedOutput()
-	if ctx.Err() != nil {
-		t.Fatalf("harikube %s: still running after 60s; output:\n%s", strings.Join(args, " "), out)
-	}
-	if _, ok := err.(*exec.ExitError); err != nil && !ok {
-		t.Fatalf("harikube %s: %v", strings.Join(args, " "), err)
-	}
-	return string(out), cmd.ProcessState.ExitCode()
+	return runBounded(t, ctx, cmd, args)
 }
 
 // pollUntil waits up to 60 s for cond.
