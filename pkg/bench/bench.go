@@ -101,6 +101,9 @@ type Result struct {
 	// sampled: the processes' own memory, without the executable's pages.
 	ServerPeakAnonBytes int64 `json:"server_peak_anon_bytes"`
 	EtcdPeakAnonBytes   int64 `json:"etcd_peak_anon_bytes,omitempty"`
+	// ServerPeakAnonDuring names what the bench was doing when the server's
+	// peak anonymous memory was sampled, e.g. "N=100000: label decile=7 (10 %)".
+	ServerPeakAnonDuring string `json:"server_peak_anon_during,omitempty"`
 	// CgroupPeakBytes is, with MemoryLimit, the memory cgroup's peak during
 	// the mode so far: what a container's limit is checked against (the
 	// processes' memory, the pages of the executable they touched and the
@@ -333,6 +336,7 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode, memCap *me
 	if err := createCRD(ctx, srv.client, m.CRDAnnotations, time.Minute); err != nil {
 		return nil, nil, ender.end(ctx, err, srv, etcd, 0, nil)
 	}
+	srv.setPhase("start and idle")
 	idle, err := srv.idleAnon(ctx, opts.IdleDuration)
 	if err != nil {
 		return nil, nil, ender.end(ctx, err, srv, etcd, 0, nil)
@@ -359,6 +363,7 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode, memCap *me
 			return results, nil, err
 		}
 		res.ServerPeakAnonBytes = srv.peakAnon.Load()
+		res.ServerPeakAnonDuring = srv.peakAnonDuring()
 		if memCap != nil {
 			if res.CgroupPeakBytes, err = memCap.peak(); err != nil {
 				return results, nil, fmt.Errorf("memory cgroup: %w", err)
@@ -379,12 +384,13 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode, memCap *me
 		if res.DatabaseBytes, err = dirSize(dbDir); err != nil {
 			return results, nil, fmt.Errorf("database size: %w", err)
 		}
-		con.printf("N=%d: peak RSS %s (anonymous %s), database %s%s\n", n, mib(res.ServerPeakRSSBytes+res.EtcdPeakRSSBytes),
-			mib(res.ServerPeakAnonBytes+res.EtcdPeakAnonBytes), mib(res.DatabaseBytes), cgroupPeakNote(res.CgroupPeakBytes))
+		con.printf("N=%d: peak RSS %s (anonymous %s; the server's during %s), database %s%s\n", n, mib(res.ServerPeakRSSBytes+res.EtcdPeakRSSBytes),
+			mib(res.ServerPeakAnonBytes+res.EtcdPeakAnonBytes), res.ServerPeakAnonDuring, mib(res.DatabaseBytes), cgroupPeakNote(res.CgroupPeakBytes))
 		results = append(results, res)
 	}
 
 	if opts.Mixed.Duration > 0 && len(results) > 0 {
+		srv.setPhase("mixed workload")
 		r, err := runMixed(ctx, opts.Mixed, con, srv, cpu, prof, seeded)
 		if err != nil {
 			return results, nil, ender.end(ctx, fmt.Errorf("mixed workload: %w", err), srv, etcd, seeded, nil)
@@ -394,6 +400,7 @@ func runMode(ctx context.Context, opts Options, con *console, m Mode, memCap *me
 	}
 
 	if opts.History.Objects > 0 && len(results) > 0 {
+		srv.setPhase("history workload")
 		h, err := runHistory(ctx, opts.History, opts.Repetition, opts.Workers, con, srv.client)
 		if err != nil {
 			return results, mixed, ender.end(ctx, fmt.Errorf("history workload: %w", err), srv, etcd, seeded, nil)
@@ -425,6 +432,8 @@ func measureSize(ctx context.Context, opts Options, con *console, srv *server, c
 	con.printf("[%s, N=%d]\n", res.Mode, res.N)
 	c := srv.client
 	var err error
+	phase := func(name string) { srv.setPhase(fmt.Sprintf("N=%d: %s", res.N, name)) }
+	phase("seeding")
 	profiled := prof.cpu(ctx, srv, res.N, "seed", seedProfileLength(res.N-seeded))
 	if err := withCPU(cpu, &res.Create, func() (err error) {
 		res.Create, err = seed(ctx, c, seeded, res.N, opts.Workers, con)
@@ -440,6 +449,7 @@ func measureSize(ctx context.Context, opts Options, con *console, srv *server, c
 			con.printf("  %-44s skipped: %d objects (--max-list-objects %d)\n", w.Title, matches, opts.MaxListObjects)
 			continue
 		}
+		phase(w.Title)
 		lr, err := measureList(ctx, c, w, res.N, opts.Repetition)
 		if err != nil {
 			return err
@@ -448,15 +458,18 @@ func measureSize(ctx context.Context, opts Options, con *console, srv *server, c
 		con.printf("  %-44s p50 %9.2f ms  p95 %9.2f ms  (%d runs, %d objects, %d pages)\n",
 			w.Title, lr.P50Ms, lr.P95Ms, lr.Samples, lr.Got, lr.Pages)
 	}
+	phase("single pages")
 	if err := measurePagingSize(ctx, opts, con, c, res); err != nil {
 		return err
 	}
 	if opts.WatchSamples > 0 {
+		phase("watch")
 		if res.Watch, err = measureWatch(ctx, c, opts.WatchSamples); err != nil {
 			return err
 		}
 		con.printf("  %-44s p50 %9.2f ms  p95 %9.2f ms  (%d events)\n", "watch decile=7, create→event", res.Watch.P50Ms, res.Watch.P95Ms, res.Watch.Samples)
 	}
+	phase("updates and deletes")
 	if res.Update, res.Delete, err = measureChurn(ctx, c, cpu, res.N, opts.ChurnObjects, opts.Workers, con); err != nil {
 		return err
 	}

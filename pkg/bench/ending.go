@@ -193,6 +193,7 @@ func (e *modeEnder) end(ctx context.Context, err error, srv *server, etcd *proce
 	if srv != nil {
 		reached.ServerPeakRSSBytes = peakRSSOrSampled(srv.process)
 		reached.ServerPeakAnonBytes = srv.peakAnon.Load()
+		reached.ServerPeakAnonDuring = srv.peakAnonDuring()
 	}
 	if etcd != nil {
 		reached.EtcdPeakRSSBytes = peakRSSOrSampled(etcd)

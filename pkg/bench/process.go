@@ -29,8 +29,23 @@ type process struct {
 	// page cache; RssAnon is the process's own memory, and the kernel keeps
 	// no high-water mark of it.
 	peakAnon atomic.Int64
+	// phase names what the bench is doing to the process; peakAnonPhase is
+	// the phase of the peakAnon sample.
+	phase, peakAnonPhase atomic.Pointer[string]
 	// peakResident is the largest resident size sampled so far, in bytes.
 	peakResident atomic.Int64
+}
+
+// setPhase names what the bench does to the process from now on, for
+// peakAnonDuring.
+func (p *process) setPhase(name string) { p.phase.Store(&name) }
+
+// peakAnonDuring names the phase of the largest anonymous memory sample.
+func (p *process) peakAnonDuring() string {
+	if phase := p.peakAnonPhase.Load(); phase != nil {
+		return *phase
+	}
+	return ""
 }
 
 // startProcess starts bin, inside memCap's cgroup when memCap is set.
@@ -67,7 +82,11 @@ func (p *process) sampleMemory(every time.Duration) {
 	defer t.Stop()
 	for {
 		if m, err := readMemory(p.cmd.Process.Pid); err == nil {
-			storeMax(&p.peakAnon, m.anon)
+			// The only writer of peakAnon: no other sample can come between.
+			if m.anon > p.peakAnon.Load() {
+				p.peakAnon.Store(m.anon)
+				p.peakAnonPhase.Store(p.phase.Load())
+			}
 			storeMax(&p.peakResident, m.resident)
 		}
 		select {

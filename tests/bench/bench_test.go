@@ -83,6 +83,9 @@ func TestBenchAllModes(t *testing.T) {
 		if res.ServerPeakAnonBytes <= 0 || res.ServerPeakAnonBytes > res.ServerPeakRSSBytes {
 			t.Errorf("%s: peak anonymous RSS %d, want positive and at most the peak RSS %d", res.Mode, res.ServerPeakAnonBytes, res.ServerPeakRSSBytes)
 		}
+		if d := res.ServerPeakAnonDuring; d != "start and idle" && !strings.HasPrefix(d, "N=50: ") {
+			t.Errorf("%s: peak anonymous RSS during %q, want a phase of the run", res.Mode, d)
+		}
 		if res.IdleAnonBytes <= 0 || res.IdleAnonBytes > res.ServerPeakAnonBytes {
 			t.Errorf("%s: idle anonymous RSS %d, want positive and at most the peak %d", res.Mode, res.IdleAnonBytes, res.ServerPeakAnonBytes)
 		}
