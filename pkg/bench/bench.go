@@ -244,24 +244,37 @@ func (o *Options) complete() error {
 	}
 	// A run takes minutes to hours: refuse a path it could not write at the
 	// end before it starts.
+	for _, out := range []struct{ flag, path string }{{"--json", o.JSONPath}, {"--chart", o.ChartPath}} {
+		if out.path == "" {
+			continue
+		}
+		if st, err := os.Stat(out.path); err == nil && st.IsDir() {
+			return fmt.Errorf("%s %s is a directory; name a file", out.flag, out.path)
+		}
+		if err := isDir(filepath.Dir(out.path)); err != nil {
+			return fmt.Errorf("%s %s: %w; create the directory or name another file", out.flag, out.path, err)
+		}
+	}
+	if o.WorkDir != "" {
+		if err := isDir(o.WorkDir); err != nil {
+			return fmt.Errorf("--work-dir: %w; create it or name another directory", err)
+		}
+	}
 	if o.ProfileDir != "" {
 		if err := os.MkdirAll(o.ProfileDir, 0o700); err != nil {
 			return fmt.Errorf("--profile-dir: %w", err)
 		}
 	}
-	for flag, path := range map[string]string{"--json": o.JSONPath, "--chart": o.ChartPath, "--work-dir": o.WorkDir} {
-		if path == "" {
-			continue
-		}
-		dir := path
-		if flag != "--work-dir" {
-			dir = filepath.Dir(path)
-		}
-		if st, err := os.Stat(dir); err != nil {
-			return fmt.Errorf("%s %s: %w", flag, path, err)
-		} else if !st.IsDir() {
-			return fmt.Errorf("%s %s: %s is not a directory", flag, path, dir)
-		}
+	return nil
+}
+
+func isDir(path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("%s is not a directory", path)
 	}
 	return nil
 }

@@ -285,6 +285,8 @@ func TestOptionsCheckOutputPathsBeforeTheRun(t *testing.T) {
 		want string
 	}{
 		{Options{JSONPath: filepath.Join(dir, "missing", "r.json")}, "--json " + filepath.Join(dir, "missing", "r.json")},
+		{Options{JSONPath: dir}, "is a directory; name a file"},
+		{Options{ChartPath: filepath.Join(dir, "missing", "r.svg"), ProfileDir: filepath.Join(dir, "not-made")}, "create the directory"},
 		{Options{ChartPath: filepath.Join(file, "r.svg")}, "is not a directory"},
 		{Options{WorkDir: filepath.Join(dir, "missing")}, "--work-dir"},
 		{Options{ProfileDir: filepath.Join(file, "p")}, "--profile-dir"},
@@ -294,5 +296,9 @@ func TestOptionsCheckOutputPathsBeforeTheRun(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("complete(%+v) = %v, want an error containing %q", tc.opts, err, tc.want)
 		}
+	}
+	// A refused run makes no directory.
+	if _, err := os.Stat(filepath.Join(dir, "not-made")); !os.IsNotExist(err) {
+		t.Errorf("a refused run created its --profile-dir: %v", err)
 	}
 }

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	_ "modernc.org/sqlite" // the Events' datastore, read after the run
 )
 
 // SplitOptions configure the split workload: two busy resources, Events and
@@ -77,9 +79,7 @@ func RunSplit(ctx context.Context, opts SplitOptions) ([]SplitResult, error) {
 		res, err := runSplitLayout(ctx, opts, con, dir, layout, extra)
 		if err == nil && eventsDB != "" {
 			// The comparison means nothing unless the Events went there.
-			if st, statErr := os.Stat(eventsDB); statErr != nil || st.Size() == 0 {
-				err = fmt.Errorf("the Events' own datastore %s was not written: %v", eventsDB, statErr)
-			}
+			err = checkEventsIn(ctx, eventsDB, res.Resources[0].Creates)
 		}
 		os.RemoveAll(dir)
 		if err != nil {
@@ -89,6 +89,24 @@ func RunSplit(ctx context.Context, opts SplitOptions) ([]SplitResult, error) {
 	}
 	writeSplit(opts.Out, results)
 	return results, nil
+}
+
+// checkEventsIn checks that the stopped server's Events datastore holds at
+// least the Events the layout created.
+func checkEventsIn(ctx context.Context, path string, created int) error {
+	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro")
+	if err != nil {
+		return fmt.Errorf("open the Events' datastore: %w", err)
+	}
+	defer db.Close()
+	var rows int
+	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM kine WHERE name LIKE '/registry/events/%'`).Scan(&rows); err != nil {
+		return fmt.Errorf("count the Events in %s: %w", path, err)
+	}
+	if rows < created {
+		return fmt.Errorf("the Events' own datastore %s holds %d rows of Events, but %d were created: the override did not take them", path, rows, created)
+	}
+	return nil
 }
 
 func runSplitLayout(ctx context.Context, opts SplitOptions, con *console, dir, layout string, extra []string) (SplitResult, error) {

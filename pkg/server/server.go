@@ -300,12 +300,18 @@ func Run(ctx context.Context, cfg Config) error {
 	// Clients first, the datastore last: the apiserver finishes its
 	// requests against a datastore that is still there.
 	stopCM()
-	waitTimeout(&cmWG, 10*time.Second)
-	logrus.Info("kube-controller-manager stopped")
-	if err := stopAPIAndWait(); err != nil && runErr == nil {
-		runErr = fmt.Errorf("kube-apiserver shutdown: %w", err)
+	if waitTimeout(&cmWG, 10*time.Second) {
+		logrus.Info("kube-controller-manager stopped")
+	} else {
+		logrus.Warn("kube-controller-manager did not stop in time; continuing shutdown")
 	}
-	logrus.Info("kube-apiserver stopped")
+	if err := stopAPIAndWait(); err != nil {
+		if runErr == nil {
+			runErr = fmt.Errorf("kube-apiserver shutdown: %w", err)
+		}
+	} else {
+		logrus.Info("kube-apiserver stopped")
+	}
 	stopDatastore()
 	stores.Wait()
 	logrus.Info("Datastore stopped")
@@ -322,13 +328,15 @@ func errOrUnexpected(err error) error {
 	return err
 }
 
-func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
+// waitTimeout reports whether wg is done within d.
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
 	select {
 	case <-done:
+		return true
 	case <-time.After(d):
-		logrus.Warn("kube-controller-manager did not stop in time; continuing shutdown")
+		return false
 	}
 }
 

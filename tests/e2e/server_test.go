@@ -142,8 +142,9 @@ func TestServer(t *testing.T) {
 			t.Errorf("harikube kubectl get ns default, without KUBECONFIG, with the default data dir's kubeconfig: exit code %d, output:\n%s", code, out)
 		}
 		// Without that file kubectl has nothing to talk to.
-		if out, code := runWithDefaultDataDir(t, nil, "kubectl", "get", "ns", "default", "-o", "name"); code == 0 {
-			t.Errorf("harikube kubectl without KUBECONFIG or a default kubeconfig: exit code 0, output:\n%s", out)
+		// kubectl's own default, a server on localhost:8080, is not there.
+		if out, code := runWithDefaultDataDir(t, nil, "kubectl", "get", "ns", "default", "-o", "name"); code == 0 || !strings.Contains(out, "localhost:8080") {
+			t.Errorf("harikube kubectl without KUBECONFIG or a default kubeconfig: exit code %d, output:\n%s\nwant a failure to reach kubectl's default localhost:8080", code, out)
 		}
 	})
 	t.Run("SecondServerRefused", func(t *testing.T) {
@@ -427,6 +428,9 @@ func TestRestartKeepsData(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The datastore goes last, so that the apiserver's last requests reach it.
+	if bytes.Contains(log, []byte("did not stop in time")) {
+		t.Errorf("a component did not stop in time:\n%s", log[bytes.Index(log, []byte(`msg="Shutting down"`)):])
+	}
 	last := -1
 	for _, line := range []string{`msg="Shutting down"`, `msg="kube-controller-manager stopped"`, `msg="kube-apiserver stopped"`, `msg="Datastore stopped"`, "msg=Stopped\n"} {
 		i := bytes.Index(log, []byte(line))

@@ -193,8 +193,10 @@ func save(t *testing.T, s *testserver.Server, args ...string) savedSnapshot {
 	// A directory harikube creates is the owner's only; an existing --dir
 	// keeps its mode (saveToExistingDir).
 	if flagValue(args, "--dir") == "" {
-		if di, err := os.Stat(filepath.Dir(snap.path)); err != nil || di.Mode().Perm() != 0o700 {
-			t.Errorf("snapshot directory %s: mode %v (%v), want 700", filepath.Dir(snap.path), di.Mode().Perm(), err)
+		if di, err := os.Stat(filepath.Dir(snap.path)); err != nil {
+			t.Errorf("snapshot directory %s: %v", filepath.Dir(snap.path), err)
+		} else if di.Mode().Perm() != 0o700 {
+			t.Errorf("snapshot directory %s: mode %v, want 700", filepath.Dir(snap.path), di.Mode().Perm())
 		}
 	}
 	return snap
