@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -62,6 +63,7 @@ func Restore(ctx context.Context, opts RestoreOptions) (RestoreResult, error) {
 	}
 
 	dbDir := filepath.Dir(opts.Database)
+	owner, ownerKnown := ownerOf(dbDir)
 	if err := os.MkdirAll(dbDir, 0o700); err != nil {
 		return RestoreResult{}, fmt.Errorf("create database directory %s: %w", dbDir, err)
 	}
@@ -79,6 +81,17 @@ func Restore(ctx context.Context, opts RestoreOptions) (RestoreResult, error) {
 	revision := base + opts.BumpRevision
 	if err := prepareRestored(ctx, tmp, info.Revision, revision); err != nil {
 		return RestoreResult{}, err
+	}
+
+	// Root restoring into a pod's data directory (from a debug pod or a
+	// Job, the StatefulSet scaled to 0) leaves it to the pod's user, or the
+	// server, running as that user, could not open its database.
+	if ownerKnown && os.Geteuid() == 0 && owner.uid != 0 {
+		for _, path := range []string{dbDir, tmp} {
+			if err := os.Chown(path, owner.uid, owner.gid); err != nil {
+				return RestoreResult{}, fmt.Errorf("give %s to the data directory's owner %d:%d: %w", path, owner.uid, owner.gid, err)
+			}
+		}
 	}
 
 	aside, err := keepAside(opts.Database, time.Now().UTC())
@@ -327,4 +340,19 @@ func copyFile(from, to string) error {
 		return fmt.Errorf("copy snapshot: %w", err)
 	}
 	return out.Close()
+}
+
+type fileOwner struct{ uid, gid int }
+
+// ownerOf is the owner of dir or, when it does not exist yet, of its parent.
+func ownerOf(dir string) (fileOwner, bool) {
+	for _, path := range []string{dir, filepath.Dir(dir)} {
+		if info, err := os.Stat(path); err == nil {
+			if st, ok := info.Sys().(*syscall.Stat_t); ok {
+				return fileOwner{uid: int(st.Uid), gid: int(st.Gid)}, true
+			}
+			return fileOwner{}, false
+		}
+	}
+	return fileOwner{}, false
 }

@@ -4,7 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -138,5 +141,53 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRestoreAsRootKeepsTheOwner: root restoring into a data directory that
+// another user owns (a pod's, from a debug pod or a Job) leaves the restored
+// database to that user, who runs the server.
+func TestRestoreAsRootKeepsTheOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to restore into another user's data directory")
+	}
+	const uid, gid = 1000680000, 1000680000
+	ctx := context.Background()
+	dir := t.TempDir()
+	writeSome(t, dir, 0)
+	info, err := Save(ctx, SaveOptions{Database: datastore.DatabasePath(dir), Dir: filepath.Join(dir, "snapshots"), Name: "test"})
+	must(t, err)
+
+	target := t.TempDir()
+	writeSome(t, target, 0)
+	must(t, filepath.WalkDir(target, func(path string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(path, uid, gid)
+	}))
+	database := datastore.DatabasePath(target)
+	_, err = Restore(ctx, RestoreOptions{Snapshot: info.Path, Database: database, BumpRevision: 1})
+	must(t, err)
+	st, err := os.Stat(database)
+	must(t, err)
+	if owner := st.Sys().(*syscall.Stat_t); owner.Uid != uid || owner.Gid != gid {
+		t.Errorf("restored %s belongs to %d:%d, want the data directory's %d:%d", database, owner.Uid, owner.Gid, uid, gid)
+	}
+
+	// Into a data directory without a database directory yet: that of its
+	// parent.
+	fresh := filepath.Join(t.TempDir(), "data")
+	must(t, os.Mkdir(fresh, 0o700))
+	must(t, os.Chown(fresh, uid, gid))
+	database = datastore.DatabasePath(fresh)
+	_, err = Restore(ctx, RestoreOptions{Snapshot: info.Path, Database: database, BumpRevision: 1})
+	must(t, err)
+	for _, path := range []string{filepath.Dir(database), database} {
+		st, err := os.Stat(path)
+		must(t, err)
+		if owner := st.Sys().(*syscall.Stat_t); owner.Uid != uid {
+			t.Errorf("%s belongs to %d, want the data directory's %d", path, owner.Uid, uid)
+		}
 	}
 }
